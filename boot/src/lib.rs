@@ -3,6 +3,7 @@
 //! parameters, ACPI tables, initial vCPU state and CPUID. This crate never
 //! touches `/dev/kvm`; it uses kvm-bindings only for its data types.
 
+pub mod acpi;
 pub mod cpuid;
 pub mod kernel;
 pub mod layout;

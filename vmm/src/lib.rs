@@ -1,4 +1,12 @@
 //! The ivmm virtual machine monitor: the VM and its vCPUs, the event loop,
 //! device wiring and the command line.
 
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod event_loop;
 pub mod img;
+pub mod run;
+pub mod terminal;
+pub mod vcpu;
+pub mod vm;

@@ -12,6 +12,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Boot a kernel in a new VM with a serial console.
+    Run(vmm::cli::RunArgs),
     /// Create, inspect, check, resize and convert disk images (qemu-img compatible).
     Img(vmm::img::ImgArgs),
 }
@@ -19,6 +21,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => vmm::run::main(args),
         Command::Img(args) => vmm::img::main(args),
     };
     match result {

@@ -1,0 +1,75 @@
+//! `ivmm run` command-line arguments (clap). Everything here is turned into
+//! a typed [`crate::config::VmConfig`] before anything else looks at it.
+
+use std::path::PathBuf;
+
+/// Boot a kernel in a new virtual machine.
+#[derive(Debug, clap::Args)]
+#[command(after_long_help = RUN_AFTER_HELP)]
+pub struct RunArgs {
+    /// Kernel to boot: a bzImage, or an ELF vmlinux with a PVH entry note.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+
+    /// Initial ramdisk (initramfs) to hand to the kernel.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+
+    /// Kernel command line, passed exactly as given.
+    #[arg(long, value_name = "STRING", default_value = "console=ttyS0")]
+    pub cmdline: String,
+
+    /// Guest RAM: a number with an optional K, M, G or T suffix (binary
+    /// units; no suffix = bytes). RAM above 3 GiB is placed above 4 GiB,
+    /// around the 32-bit PCI hole.
+    #[arg(long, value_name = "SIZE", default_value = "512M")]
+    pub mem: String,
+
+    /// Number of vCPUs (one socket, one thread per core).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub vcpus: u32,
+
+    /// Where COM1 (the guest console, ttyS0) goes: `stdio` (this terminal;
+    /// input is forwarded), `file:PATH` (output appended to PATH, no input),
+    /// or `none`.
+    #[arg(long, value_name = "MODE", default_value = "stdio")]
+    pub serial: String,
+
+    /// Also copy everything the guest prints on COM1 into PATH (created or
+    /// truncated), for scripted builds.
+    #[arg(long, value_name = "PATH")]
+    pub console_log: Option<PathBuf>,
+
+    /// What a guest reboot does: `exit` ends ivmm with status 0, `restart`
+    /// boots the same kernel again in a fresh VM.
+    #[arg(long, value_name = "ACTION", default_value = "exit")]
+    pub on_reboot: String,
+
+    /// Seconds to wait after SIGTERM (which presses the ACPI power button)
+    /// for the guest to power off before stopping it hard.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub shutdown_timeout: u64,
+}
+
+const RUN_AFTER_HELP: &str = "\
+Console:
+  With --serial stdio on a terminal, the terminal is put in raw mode and every
+  key goes to the guest. Press Ctrl-A then x to quit ivmm (the guest is
+  stopped at once); Ctrl-A Ctrl-A sends a literal Ctrl-A. The terminal is
+  restored on every exit.
+
+Exit status:
+  0   the guest powered off, or rebooted with --on-reboot exit
+  1   ivmm failed (bad configuration, KVM error, a vCPU failed)
+  2   bad command line
+  3   the guest kernel panicked (reported through pvpanic)
+  4   stopped by Ctrl-A x, or hard-stopped after a signal and the timeout
+
+Signals:
+  SIGTERM, SIGINT and SIGHUP press the ACPI power button; if the guest has not
+  powered off after --shutdown-timeout seconds (or on a second signal), ivmm
+  stops it hard and exits with status 4.
+
+Example:
+  ivmm run --kernel bzImage --initrd initrd.img --mem 1G --vcpus 2 \\
+      --cmdline 'console=ttyS0 quiet'";

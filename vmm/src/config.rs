@@ -1,0 +1,239 @@
+//! The typed VM configuration, built from the command line and validated
+//! once; nothing past this module parses strings.
+
+use std::path::PathBuf;
+
+use crate::cli::RunArgs;
+
+/// Smallest guest we boot: the kernel, its page tables and an initrd need
+/// some room, and below this no Linux kernel gets to init.
+pub const MIN_MEM_BYTES: u64 = 16 << 20;
+/// xAPIC MADT entries and CPUID leaf 1 hold 8-bit APIC IDs; 0xff is the
+/// broadcast ID.
+pub const MAX_VCPUS_XAPIC: u32 = 254;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("--mem {0:?}: expected a size like 512M or 4G")]
+    BadMemSize(String),
+    #[error("--mem {0}: must be at least {min} MiB", min = MIN_MEM_BYTES >> 20)]
+    MemTooSmall(String),
+    #[error("--mem {requested}: more than this host's {host_mib} MiB of RAM")]
+    MemTooLarge { requested: String, host_mib: u64 },
+    #[error("--vcpus 0: a VM needs at least one vCPU")]
+    NoVcpus,
+    #[error("--vcpus {requested}: at most {max} vCPUs are possible here ({why})")]
+    TooManyVcpus {
+        requested: u32,
+        max: u32,
+        why: &'static str,
+    },
+    #[error("--serial {0:?}: expected stdio, file:PATH or none")]
+    BadSerial(String),
+    #[error("--on-reboot {0:?}: expected exit or restart")]
+    BadOnReboot(String),
+    #[error("--kernel {0}: no such file")]
+    KernelMissing(PathBuf),
+    #[error("--initrd {0}: no such file")]
+    InitrdMissing(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialMode {
+    Stdio,
+    File(PathBuf),
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnReboot {
+    Exit,
+    Restart,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub mem_bytes: u64,
+    pub vcpus: u32,
+    pub serial: SerialMode,
+    pub console_log: Option<PathBuf>,
+    pub on_reboot: OnReboot,
+    pub shutdown_timeout_secs: u64,
+}
+
+/// Parses `512M`, `4G`, `1024` (bytes), `2T`; binary units.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (digits, shift) = match s.char_indices().last()? {
+        (i, 'k' | 'K') => (&s[..i], 10),
+        (i, 'm' | 'M') => (&s[..i], 20),
+        (i, 'g' | 'G') => (&s[..i], 30),
+        (i, 't' | 'T') => (&s[..i], 40),
+        _ => (s, 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<u64>().ok()?.checked_mul(1u64 << shift)
+}
+
+fn host_mem_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+impl TryFrom<&RunArgs> for VmConfig {
+    type Error = ConfigError;
+
+    fn try_from(args: &RunArgs) -> Result<Self, ConfigError> {
+        let mem_bytes =
+            parse_size(&args.mem).ok_or_else(|| ConfigError::BadMemSize(args.mem.clone()))?;
+        let serial = match args.serial.as_str() {
+            "stdio" => SerialMode::Stdio,
+            "none" => SerialMode::None,
+            s => match s.strip_prefix("file:") {
+                Some(path) if !path.is_empty() => SerialMode::File(path.into()),
+                _ => return Err(ConfigError::BadSerial(s.to_owned())),
+            },
+        };
+        let on_reboot = match args.on_reboot.as_str() {
+            "exit" => OnReboot::Exit,
+            "restart" => OnReboot::Restart,
+            s => return Err(ConfigError::BadOnReboot(s.to_owned())),
+        };
+        let config = VmConfig {
+            kernel: args.kernel.clone(),
+            initrd: args.initrd.clone(),
+            cmdline: args.cmdline.clone(),
+            mem_bytes,
+            vcpus: args.vcpus,
+            serial,
+            console_log: args.console_log.clone(),
+            on_reboot,
+            shutdown_timeout_secs: args.shutdown_timeout,
+        };
+        config.validate(&args.mem)?;
+        Ok(config)
+    }
+}
+
+impl VmConfig {
+    /// Cross-field and host checks that need no KVM.
+    fn validate(&self, mem_arg: &str) -> Result<(), ConfigError> {
+        if self.mem_bytes < MIN_MEM_BYTES {
+            return Err(ConfigError::MemTooSmall(mem_arg.to_owned()));
+        }
+        if let Some(host) = host_mem_bytes() {
+            if self.mem_bytes > host {
+                return Err(ConfigError::MemTooLarge {
+                    requested: mem_arg.to_owned(),
+                    host_mib: host >> 20,
+                });
+            }
+        }
+        if self.vcpus == 0 {
+            return Err(ConfigError::NoVcpus);
+        }
+        if self.vcpus > MAX_VCPUS_XAPIC {
+            return Err(ConfigError::TooManyVcpus {
+                requested: self.vcpus,
+                max: MAX_VCPUS_XAPIC,
+                why: "xAPIC IDs are 8 bits",
+            });
+        }
+        if !self.kernel.is_file() {
+            return Err(ConfigError::KernelMissing(self.kernel.clone()));
+        }
+        if let Some(initrd) = &self.initrd {
+            if !initrd.is_file() {
+                return Err(ConfigError::InitrdMissing(initrd.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("512M"), Some(512 << 20));
+        assert_eq!(parse_size("4g"), Some(4 << 30));
+        assert_eq!(parse_size("1024"), Some(1024));
+        assert_eq!(parse_size("1T"), Some(1 << 40));
+        for bad in [
+            "",
+            "M",
+            "-5G",
+            "1.5G",
+            "12X",
+            "99999999999999999999G",
+            "0x10",
+        ] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+    }
+
+    fn args() -> RunArgs {
+        RunArgs {
+            kernel: "/proc/self/exe".into(),
+            initrd: None,
+            cmdline: "console=ttyS0".into(),
+            mem: "128M".into(),
+            vcpus: 1,
+            serial: "stdio".into(),
+            console_log: None,
+            on_reboot: "exit".into(),
+            shutdown_timeout: 30,
+        }
+    }
+
+    #[test]
+    fn bad_values_name_the_option() {
+        let mut a = args();
+        a.mem = "0".into();
+        assert_eq!(
+            VmConfig::try_from(&a),
+            Err(ConfigError::MemTooSmall("0".into()))
+        );
+        let mut a = args();
+        a.vcpus = 0;
+        assert_eq!(VmConfig::try_from(&a), Err(ConfigError::NoVcpus));
+        let mut a = args();
+        a.serial = "file:".into();
+        assert!(VmConfig::try_from(&a)
+            .unwrap_err()
+            .to_string()
+            .contains("--serial"));
+        let mut a = args();
+        a.on_reboot = "poweroff".into();
+        assert!(VmConfig::try_from(&a)
+            .unwrap_err()
+            .to_string()
+            .contains("--on-reboot"));
+        let mut a = args();
+        a.kernel = "/nonexistent/bzImage".into();
+        assert!(VmConfig::try_from(&a)
+            .unwrap_err()
+            .to_string()
+            .contains("/nonexistent/bzImage"));
+    }
+
+    #[test]
+    fn good_arguments_become_typed_values() {
+        let mut a = args();
+        a.serial = "file:/tmp/x.log".into();
+        a.on_reboot = "restart".into();
+        let c = VmConfig::try_from(&a).unwrap();
+        assert_eq!(c.mem_bytes, 128 << 20);
+        assert_eq!(c.serial, SerialMode::File("/tmp/x.log".into()));
+        assert_eq!(c.on_reboot, OnReboot::Restart);
+    }
+}

@@ -1,0 +1,51 @@
+//! `ivmm run`: configuration, the terminal, and the reboot loop around
+//! [`crate::vm::run`].
+
+use crate::cli::RunArgs;
+use crate::config::{OnReboot, SerialMode, VmConfig};
+use crate::control::ExitReason;
+use crate::terminal::RawTerminal;
+use crate::vm;
+
+/// Exit status for a bad command line (as clap uses).
+const USAGE_EXIT_CODE: i32 = 2;
+
+/// Runs `ivmm run`; returns the process exit status.
+pub fn main(args: RunArgs) -> anyhow::Result<i32> {
+    let config = match VmConfig::try_from(&args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("ivmm: {e}");
+            return Ok(USAGE_EXIT_CODE);
+        }
+    };
+    let kvm = vm::open_kvm(&config)?;
+    crate::vcpu::install_kick_handler()
+        .map_err(|e| anyhow::anyhow!("cannot install the vCPU kick handler: {e}"))?;
+    let terminal = if config.serial == SerialMode::Stdio {
+        RawTerminal::enable()
+    } else {
+        None
+    };
+    let escape = terminal.is_some();
+    let result = loop {
+        match vm::run(&kvm, &config, escape) {
+            Ok(ExitReason::Reset) if config.on_reboot == OnReboot::Restart => {
+                eprint!("\r\nivmm: guest rebooted; restarting\r\n");
+                continue;
+            }
+            other => break other,
+        }
+    };
+    drop(terminal);
+    let reason = result?;
+    match &reason {
+        ExitReason::PowerOff => {}
+        ExitReason::Reset => eprintln!("ivmm: guest rebooted (--on-reboot exit)"),
+        ExitReason::Panic => eprintln!("ivmm: guest kernel panicked (pvpanic)"),
+        ExitReason::Fatal(msg) => eprintln!("ivmm: {msg}"),
+        ExitReason::UserQuit => eprintln!("ivmm: quit from the console (Ctrl-A x)"),
+        ExitReason::HardStop => eprintln!("ivmm: guest did not power off in time; stopped"),
+    }
+    Ok(reason.exit_code())
+}

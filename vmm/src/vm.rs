@@ -1,0 +1,413 @@
+//! Building a VM from a [`VmConfig`] and running it until it stops:
+//! KVM VM and memory, in-kernel IRQ chip and PIT, devices on the buses, ACPI
+//! tables, the kernel, vCPU threads, and the main-thread event loop.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::FromRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use boot::kernel::{self, EntryPoint};
+use boot::layout::*;
+use boot::memory_map;
+use devices::legacy::{AcpiPm, Cmos, PvPanic, Serial, I8042};
+use devices::pci::{HostBridge, PciBus, PciConfigIo, PciConfigMmio};
+use devices::Bus;
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::config::{SerialMode, VmConfig};
+use crate::control::{ExitReason, StopControl};
+use crate::event_loop::{ConsoleInput, Lifecycle};
+use crate::vcpu;
+
+/// KVM needs three pages for the TSS just below 4 GiB on Intel; keep them
+/// clear of the IOAPIC/LAPIC windows.
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// Said after a fatal vCPU error when the host's /dev/kvm is kvm_pvm.
+const PVM_HINT: &str = "This host's /dev/kvm is kvm_pvm, a software virtualizer that cannot run \
+unmodified kernels (it stops on instructions such as cmpxchg16b, xrstor and int3). Run ivmm on a \
+host with hardware KVM, or inside the nested-KVM lab: see `scripts/lab` in the ivmm README.";
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("cannot open /dev/kvm: {0} (is KVM available and are you in the kvm group?)")]
+    OpenKvm(kvm_ioctls::Error),
+    #[error("KVM: {what}: {source}")]
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error("--vcpus {requested}: this host's KVM allows at most {max}")]
+    TooManyVcpus { requested: u32, max: usize },
+    #[error("cannot allocate {mib} MiB of guest memory: {detail}")]
+    Memory { mib: u64, detail: String },
+    #[error(transparent)]
+    Kernel(#[from] kernel::KernelError),
+    #[error(transparent)]
+    Params(#[from] boot::params::ParamsError),
+    #[error("cannot build ACPI tables: {0}")]
+    Acpi(String),
+    #[error("cannot write boot structures to guest memory: {0}")]
+    GuestMemory(#[from] vm_memory::GuestMemoryError),
+    #[error("device setup: {0}")]
+    Device(String),
+    #[error("--serial file:{path}: {source}")]
+    SerialFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--console-log {path}: {source}")]
+    ConsoleLog {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Vcpu(#[from] vcpu::VcpuError),
+    #[error("event loop: {0}")]
+    EventLoop(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+fn is_pvm_host() -> bool {
+    std::path::Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// Opens KVM and checks the vCPU count against it (also used before any
+/// file is touched, so bad arguments fail fast).
+pub fn open_kvm(config: &VmConfig) -> Result<Kvm, VmError> {
+    let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+    let max = kvm.get_max_vcpus();
+    if config.vcpus as usize > max {
+        return Err(VmError::TooManyVcpus {
+            requested: config.vcpus,
+            max,
+        });
+    }
+    Ok(kvm)
+}
+
+/// Writes everything COM1 prints to the console and/or a log file.
+struct SerialOutput {
+    sinks: Vec<File>,
+}
+
+impl Write for SerialOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for sink in &mut self.sinks {
+            // A failing sink (closed terminal) must not silence the others.
+            let _ = sink.write_all(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn serial_output(config: &VmConfig) -> Result<SerialOutput, VmError> {
+    let mut sinks = Vec::new();
+    match &config.serial {
+        SerialMode::Stdio => {
+            // SAFETY: dup of our own stdout; the new fd is owned by the File.
+            let fd = unsafe { libc::dup(libc::STDOUT_FILENO) };
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error().into());
+            }
+            // SAFETY: fd is a fresh descriptor we own.
+            sinks.push(unsafe { File::from_raw_fd(fd) });
+        }
+        SerialMode::File(path) => sinks.push(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| VmError::SerialFile {
+                    path: path.clone(),
+                    source,
+                })?,
+        ),
+        SerialMode::None => {}
+    }
+    if let Some(path) = &config.console_log {
+        sinks.push(File::create(path).map_err(|source| VmError::ConsoleLog {
+            path: path.clone(),
+            source,
+        })?);
+    }
+    Ok(SerialOutput { sinks })
+}
+
+fn create_memory(vm: &VmFd, mem_bytes: u64) -> Result<GuestMemoryMmap, VmError> {
+    let ranges: Vec<(GuestAddress, usize)> = memory_map::ram_regions(mem_bytes)
+        .iter()
+        .map(|r| (GuestAddress(r.start), r.size as usize))
+        .collect();
+    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| VmError::Memory {
+        mib: mem_bytes >> 20,
+        detail: e.to_string(),
+    })?;
+    for (slot, region) in mem.iter().enumerate() {
+        let host = mem
+            .get_host_address(region.start_addr())
+            .map_err(|e| VmError::Memory {
+                mib: mem_bytes >> 20,
+                detail: e.to_string(),
+            })?;
+        let kvm_region = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the region is a live mmap owned by `mem`, which outlives
+        // the VM (the VM fd is dropped before `mem` in `run`), and slots do
+        // not overlap.
+        unsafe { vm.set_user_memory_region(kvm_region) }
+            .map_err(kvm_err("registering guest memory"))?;
+    }
+    Ok(mem)
+}
+
+/// Devices the main loop needs handles to.
+struct Platform {
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    serial: Arc<Mutex<Serial>>,
+    serial_drained: EventFd,
+    acpi_pm: Arc<Mutex<AcpiPm>>,
+}
+
+fn irq_line(vm: &VmFd, gsi: u32) -> Result<Arc<EventFd>, VmError> {
+    let evt = EventFd::new(libc::EFD_NONBLOCK)?;
+    vm.register_irqfd(&evt, gsi)
+        .map_err(kvm_err("registering an interrupt line"))?;
+    Ok(Arc::new(evt))
+}
+
+fn create_platform(
+    vm: &VmFd,
+    config: &VmConfig,
+    control: &Arc<StopControl>,
+) -> Result<Platform, VmError> {
+    let dev_err = |e: devices::BusError| VmError::Device(e.to_string());
+    let mut pio = Bus::new();
+    let mut mmio = Bus::new();
+
+    let serial_drained = EventFd::new(libc::EFD_NONBLOCK)?;
+    let serial = Arc::new(Mutex::new(Serial::new(
+        irq_line(vm, COM1_GSI)?,
+        Box::new(serial_output(config)?),
+        Some(Arc::new(serial_drained.try_clone()?)),
+    )));
+    pio.insert(
+        serial.clone(),
+        u64::from(COM1_PORT),
+        u64::from(COM1_PORT_LEN),
+    )
+    .map_err(dev_err)?;
+    pio.insert(
+        Arc::new(Mutex::new(I8042::new(control.clone()))),
+        u64::from(I8042_DATA_PORT),
+        u64::from(I8042_COMMAND_PORT - I8042_DATA_PORT + 1),
+    )
+    .map_err(dev_err)?;
+    pio.insert(
+        Arc::new(Mutex::new(Cmos::new())),
+        u64::from(CMOS_PORT),
+        u64::from(CMOS_PORT_LEN),
+    )
+    .map_err(dev_err)?;
+    pio.insert(
+        Arc::new(Mutex::new(PvPanic::new(control.clone()))),
+        u64::from(PVPANIC_PORT),
+        1,
+    )
+    .map_err(dev_err)?;
+    let acpi_pm = Arc::new(Mutex::new(AcpiPm::new(
+        control.clone(),
+        ACPI_S5_SLP_TYP,
+        ACPI_RESET_VALUE,
+        irq_line(vm, GED_GSI)?,
+    )));
+    pio.insert(
+        acpi_pm.clone(),
+        u64::from(ACPI_SLEEP_CONTROL_PORT),
+        devices::legacy::acpi_pm::ACPI_PM_PORT_LEN,
+    )
+    .map_err(dev_err)?;
+
+    let mut pci = PciBus::new();
+    pci.add_at(0, Arc::new(Mutex::new(HostBridge::new())))
+        .map_err(|e| VmError::Device(e.to_string()))?;
+    let pci = Arc::new(Mutex::new(pci));
+    pio.insert(
+        Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
+        u64::from(PCI_CONFIG_PORT),
+        u64::from(PCI_CONFIG_PORT_LEN),
+    )
+    .map_err(dev_err)?;
+    mmio.insert(
+        Arc::new(Mutex::new(PciConfigMmio::new(pci))),
+        ECAM_START,
+        ECAM_SIZE,
+    )
+    .map_err(dev_err)?;
+
+    Ok(Platform {
+        pio: Arc::new(pio),
+        mmio: Arc::new(mmio),
+        serial,
+        serial_drained,
+        acpi_pm,
+    })
+}
+
+/// Loads kernel, initrd, command line, ACPI tables and boot parameters.
+fn load_guest(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<EntryPoint, VmError> {
+    let kernel = kernel::load_kernel(mem, &config.kernel)?;
+    let low_end = memory_map::low_ram_end(config.mem_bytes);
+    let initrd = match &config.initrd {
+        Some(path) => Some(kernel::load_initrd(
+            mem,
+            path,
+            kernel.end,
+            kernel::initrd_limit(&kernel.entry, low_end),
+        )?),
+        None => None,
+    };
+    let cmdline_max = match &kernel.entry {
+        EntryPoint::Linux64 { header, .. } => boot::params::cmdline_limit(header),
+        EntryPoint::Pvh { .. } => CMDLINE_MAX_SIZE - 1,
+    };
+    boot::params::write_cmdline(mem, &config.cmdline, cmdline_max)?;
+
+    let mmio64 = memory_map::mmio64_window(config.mem_bytes);
+    let tables = boot::acpi::build(&boot::acpi::AcpiConfig {
+        apic_ids: (0..config.vcpus).collect(),
+        mmio64: (mmio64.start, mmio64.size),
+    })
+    .map_err(|e| VmError::Acpi(e.to_string()))?;
+    for (addr, bytes) in &tables.blobs {
+        mem.write_slice(bytes, GuestAddress(*addr))?;
+    }
+
+    let map = memory_map::guest_memory_map(config.mem_bytes);
+    match &kernel.entry {
+        EntryPoint::Linux64 { header, .. } => boot::params::write_boot_params(
+            mem,
+            header,
+            config.cmdline.len(),
+            initrd,
+            &map,
+            tables.rsdp_addr,
+        )?,
+        EntryPoint::Pvh { .. } => {
+            boot::params::write_pvh_start_info(mem, initrd, &map, tables.rsdp_addr)?
+        }
+    }
+    boot::regs::write_boot_tables(mem, &kernel.entry)?;
+    Ok(kernel.entry)
+}
+
+/// Builds the VM described by `config`, runs it to the end, and says why
+/// it ended. `console_escape` enables the Ctrl-A escape on stdin.
+pub fn run(kvm: &Kvm, config: &VmConfig, console_escape: bool) -> Result<ExitReason, VmError> {
+    let vm = kvm.create_vm().map_err(kvm_err("creating the VM"))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(kvm_err("setting the TSS address"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("creating the IRQ chip"))?;
+    vm.create_pit2(kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    })
+    .map_err(kvm_err("creating the PIT"))?;
+    let mem = create_memory(&vm, config.mem_bytes)?;
+
+    let control = Arc::new(StopControl::new()?);
+    let platform = create_platform(&vm, config, &control)?;
+    let entry = load_guest(&mem, config)?;
+
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("reading supported CPUID"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut vcpu_fds = Vec::new();
+    for index in 0..config.vcpus {
+        let fd = vm
+            .create_vcpu(u64::from(index))
+            .map_err(kvm_err("creating a vCPU"))?;
+        let mut cpuid = supported.clone();
+        boot::cpuid::patch_for_vcpu(cpuid.as_mut_slice(), index, config.vcpus);
+        vcpu::configure(&fd, index, &cpuid, (index == 0).then_some(&entry))?;
+        vcpu_fds.push(fd);
+    }
+
+    let mut events: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+        EventManager::new().map_err(|e| VmError::EventLoop(format!("{e:?}")))?;
+    events.add_subscriber(Arc::new(Mutex::new(Lifecycle::new(
+        control.clone(),
+        platform.acpi_pm.clone(),
+        GED_EVENT_POWER_BUTTON,
+        Duration::from_secs(config.shutdown_timeout_secs),
+    )?)));
+    if config.serial == SerialMode::Stdio {
+        events.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(
+            platform.serial.clone(),
+            platform.serial_drained.try_clone()?,
+            console_escape,
+            control.clone(),
+        ))));
+    }
+
+    let hint = is_pvm_host().then_some(PVM_HINT);
+    let mut threads = Vec::new();
+    for (index, fd) in vcpu_fds.into_iter().enumerate() {
+        let ctx = vcpu::VcpuContext {
+            pio: platform.pio.clone(),
+            mmio: platform.mmio.clone(),
+            control: control.clone(),
+            stop: stop.clone(),
+            fatal_hint: hint,
+        };
+        match vcpu::spawn(index as u32, fd, ctx) {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                vcpu::stop_all(&stop, threads);
+                return Err(e.into());
+            }
+        }
+    }
+
+    let mut loop_error = None;
+    while control.reason().is_none() {
+        if let Err(e) = events.run() {
+            loop_error = Some(VmError::EventLoop(format!("{e:?}")));
+            break;
+        }
+    }
+    vcpu::stop_all(&stop, threads);
+    drop(vm);
+    drop(mem);
+    match (control.reason(), loop_error) {
+        (Some(reason), _) => Ok(reason),
+        (None, Some(e)) => Err(e),
+        (None, None) => Err(VmError::EventLoop("stopped without a reason".into())),
+    }
+}
