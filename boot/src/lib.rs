@@ -2,4 +2,5 @@
 //! the machine's address map, kernel images placed in guest memory, boot
 //! parameters, ACPI tables and CPUID. This crate never touches `/dev/kvm`.
 
+pub mod acpi;
 pub mod layout;
