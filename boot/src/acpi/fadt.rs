@@ -48,12 +48,15 @@ pub(super) const HYPERVISOR_VENDOR_ID: [u8; 8] = *b"IVMM-KVM";
 /// - PWR_BUTTON / SLP_BUTTON: the power button is a control-method device
 ///   (PNP0C0C driven by the GED); no fixed-feature buttons exist. With the
 ///   bits clear Linux would also create fixed button devices.
+/// - FIX_RTC: there is no fixed register space, so no RTC wake status in
+///   it. Linux's rtc-cmos then leaves the (absent) ACPI RTC event alone.
 /// - RESET_REG_SUP: the reset register below works.
 /// - HW_REDUCED_ACPI.
-const FLAGS: [Flags; 5] = [
+const FLAGS: [Flags; 6] = [
     Flags::Wbinvd,
     Flags::PwrButton,
     Flags::SlpButton,
+    Flags::FixRtc,
     Flags::ResetRegSup,
     Flags::HwReducedAcpi,
 ];

@@ -8,9 +8,13 @@
 //! ```
 //!
 //! All blobs lie in `ACPI_START..ACPI_START + ACPI_SIZE`, RSDP first, each
-//! 16-byte aligned. The VMM writes every blob at its address, marks the whole
-//! area as E820 ACPI (or reserved) memory, and passes `rsdp_addr` in
-//! `boot_params.acpi_rsdp_addr` or PVH `rsdp_paddr`.
+//! 16-byte aligned. The VMM writes every blob at its address, keeps the area
+//! out of E820 RAM (E820 ACPI or reserved, or no entry: it is in the BIOS
+//! hole), and passes `rsdp_addr` in `boot_params.acpi_rsdp_addr` or PVH
+//! `rsdp_paddr`. It must *not* put E820 entries over the PCI MMIO windows:
+//! without a DMI BIOS date Linux clips host-bridge windows against E820.
+//! vCPUs with APIC IDs above 254 get x2APIC entries, which Linux only uses
+//! if the guest runs in x2APIC mode (CPUID must offer x2APIC).
 //!
 //! The machine is hardware-reduced ACPI (ACPI 6.5 §4.1): no SCI, no PM or
 //! GPE register blocks, no FACS. What the VMM must implement instead:

@@ -281,12 +281,13 @@ fn fadt_is_hardware_reduced_with_sleep_and_reset_registers() {
         (0, "WBINVD"),
         (4, "PWR_BUTTON"),
         (5, "SLP_BUTTON"),
+        (6, "FIX_RTC"),
         (10, "RESET_REG_SUP"),
         (20, "HW_REDUCED_ACPI"),
     ] {
         assert_ne!(flags & (1 << bit), 0, "{name}");
     }
-    assert_eq!(flags, 0x0010_0431, "no other flag");
+    assert_eq!(flags, 0x0010_0471, "no other flag");
     assert_eq!(u16_at(f, 109), 0b1_0100, "IAPC_BOOT_ARCH: no VGA, no ASPM");
     // GAS: SystemIO, 8 bits, offset 0, byte access, port.
     let gas = |off: usize| {
