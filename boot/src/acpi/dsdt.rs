@@ -38,15 +38,15 @@ const DSDT_REVISION: u8 = 2;
 /// Header only; `Sdt::append_slice` grows it.
 const SDT_HEADER_LEN: u32 = 36;
 
-/// PCI host bridge `_OSC` UUID (PCI Firmware 3.3 §4.5.1).
+/// PCI host bridge `_OSC` UUID (PCI Firmware 3.3 §4.5).
 const PCI_OSC_UUID: &str = "33DB4D5B-1FF7-401C-9657-7441C03DD766";
-/// `_OSC` status bits in capabilities DWORD 1 (ACPI 6.5 §6.2.11, Table 6.14).
+/// `_OSC` status bits in capabilities DWORD 1 (ACPI 6.5 §6.2.11).
 const OSC_UNRECOGNIZED_UUID: u8 = 1 << 2;
 const OSC_UNRECOGNIZED_REVISION: u8 = 1 << 3;
 const OSC_CAPABILITIES_MASKED: u8 = 1 << 4;
 /// The only `_OSC` revision of the PCI Firmware spec.
 const PCI_OSC_REVISION: u8 = 1;
-/// Control bits we grant (DWORD 3, PCI Firmware 3.3 §4.5.1 Table 4-5):
+/// Control bits we grant (DWORD 3, PCI Firmware 3.3 §4.5):
 /// native hot plug, SHPC hot plug, PME, AER, PCIe capability structure, LTR,
 /// DPC. The VMM owns none of these, so the OS may have all of them; Linux
 /// then reports "OS now controls [...]" rather than keeping features off.
@@ -56,7 +56,7 @@ const PCI_OSC_CONTROL_GRANTED: u8 = 0xbf;
 const PRT_ANY_FUNCTION: u32 = 0xffff;
 
 /// Notify value "device-specific": for a power button, "button pressed"
-/// (ACPI 6.5 §5.6.6 Table 5.166, §4.8.3.1.1).
+/// (ACPI 6.5 §5.6.6, device-specific notification values).
 const NOTIFY_POWER_BUTTON_PRESSED: u8 = 0x80;
 
 /// Narrows a layout length or address to an AML descriptor field; used in
@@ -325,7 +325,8 @@ fn pvpanic() -> RawAml {
     )
 }
 
-/// `\_SB_.PWRB`: control-method power button (PNP0C0C, ACPI 6.5 §4.8.3.1.1).
+/// `\_SB_.PWRB`: control-method power button (PNP0C0C); pressed means
+/// `Notify (PWRB, 0x80)`, which Linux turns into KEY_POWER.
 fn power_button() -> RawAml {
     device(
         "PWRB",

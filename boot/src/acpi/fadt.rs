@@ -18,11 +18,11 @@ use crate::layout::{
     ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT,
 };
 
-/// FADT length for ACPI 6.x (Table 5.9, up to the Hypervisor Vendor
+/// FADT length for ACPI 6.x (ACPI 6.5 §5.2.9, up to the Hypervisor Vendor
 /// Identity field).
 pub(super) const FADT_LEN: usize = 276;
 
-// IA-PC boot architecture flags (§5.2.9.3, Table 5.11).
+// IA-PC boot architecture flags (ACPI 6.5 §5.2.9.3).
 /// No VGA: the guest must not probe legacy VGA ranges.
 pub(super) const IAPC_VGA_NOT_PRESENT: u16 = 1 << 2;
 /// No PCIe links to manage: OSPM must not enable ASPM (the bus is virtual).
@@ -39,11 +39,11 @@ pub(super) const IAPC_PCIE_ASPM_CONTROLS: u16 = 1 << 4;
 /// - CMOS_RTC_NOT_PRESENT (bit 5): the RTC exists (DSDT `RTC_`).
 pub(super) const IAPC_BOOT_ARCH: u16 = IAPC_VGA_NOT_PRESENT | IAPC_PCIE_ASPM_CONTROLS;
 
-/// "Hypervisor Vendor Identity" (Table 5.9): lets a guest know whose VM it
+/// "Hypervisor Vendor Identity" (§5.2.9): lets a guest know whose VM it
 /// runs in.
 pub(super) const HYPERVISOR_VENDOR_ID: [u8; 8] = *b"IVMM-KVM";
 
-/// FADT flags (Table 5.10) we set:
+/// FADT fixed feature flags (§5.2.9) we set:
 /// - WBINVD: required of new systems; KVM implements the instruction.
 /// - PWR_BUTTON / SLP_BUTTON: the power button is a control-method device
 ///   (PNP0C0C driven by the GED); no fixed-feature buttons exist. With the

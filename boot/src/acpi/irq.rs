@@ -38,7 +38,7 @@ pub struct IrqLine {
 
 impl IrqLine {
     /// MPS INTI flags of a MADT Interrupt Source Override or NMI entry
-    /// (ACPI 6.5 §5.2.12.5, Table 5.26): polarity in bits 1:0 (01 = active
+    /// (ACPI 6.5 §5.2.12.5): polarity in bits 1:0 (01 = active
     /// high, 11 = active low), trigger mode in bits 3:2 (01 = edge,
     /// 11 = level). We never use "conforms to bus" (00) so the table says
     /// exactly what we mean.

@@ -12,16 +12,16 @@ use super::irq::{IrqLine, Polarity, Trigger, TIMER_IRQ, TIMER_ISA_IRQ};
 use super::{AcpiError, OEM_ID, OEM_REVISION, OEM_TABLE_ID};
 use crate::layout::{ACPI_SIZE, APIC_START, IOAPIC_ID, IOAPIC_START};
 
-/// MADT revision defined by ACPI 6.5 (§5.2.12, Table 5.19).
+/// MADT revision defined by ACPI 6.5 (§5.2.12).
 const MADT_REVISION: u8 = 6;
 /// Header (36) + Local Interrupt Controller Address (4) + Flags (4).
 const MADT_HEADER_LEN: usize = 44;
-/// MADT flags, bit 0 PCAT_COMPAT (Table 5.20): KVM's in-kernel irqchip
+/// MADT flags, bit 0 PCAT_COMPAT (§5.2.12): KVM's in-kernel irqchip
 /// includes a dual 8259 that the guest must mask, so the bit is honest.
 /// Linux in hardware-reduced mode ignores the PIC either way.
 const MADT_FLAG_PCAT_COMPAT: u32 = 1;
 
-// Interrupt controller structure types (Table 5.21).
+// Interrupt controller structure types (§5.2.12).
 const TYPE_LOCAL_APIC: u8 = 0;
 const TYPE_IO_APIC: u8 = 1;
 const TYPE_INTERRUPT_SOURCE_OVERRIDE: u8 = 2;
@@ -29,7 +29,7 @@ const TYPE_LOCAL_APIC_NMI: u8 = 4;
 const TYPE_LOCAL_X2APIC: u8 = 9;
 const TYPE_LOCAL_X2APIC_NMI: u8 = 0xa;
 
-/// Local APIC flags bit 0, Enabled (Table 5.23).
+/// Local APIC flags bit 0, Enabled (§5.2.12.2).
 const LAPIC_ENABLED: u32 = 1;
 /// xAPIC IDs go up to 254; 255 is the broadcast ID, so 255 and above need a
 /// Processor Local x2APIC entry, and IDs below 255 must use a Local APIC
@@ -73,13 +73,13 @@ pub(super) fn build(apic_ids: &[u32]) -> Result<Vec<u8>, AcpiError> {
             let (Ok(uid), Ok(id)) = (u8::try_from(index), u8::try_from(apic_id)) else {
                 return Err(AcpiError::ProcessorUidTooLarge { index, apic_id });
             };
-            // §5.2.12.2, Table 5.22.
+            // §5.2.12.2.
             body.extend_from_slice(&[TYPE_LOCAL_APIC, 8, uid, id]);
             body.extend_from_slice(&LAPIC_ENABLED.to_le_bytes());
         } else {
             let uid = u32::try_from(index)
                 .map_err(|_| AcpiError::ProcessorUidTooLarge { index, apic_id })?;
-            // §5.2.12.12, Table 5.36.
+            // §5.2.12.12.
             body.extend_from_slice(&[TYPE_LOCAL_X2APIC, 16, 0, 0]);
             body.extend_from_slice(&apic_id.to_le_bytes());
             body.extend_from_slice(&LAPIC_ENABLED.to_le_bytes());
@@ -90,24 +90,24 @@ pub(super) fn build(apic_ids: &[u32]) -> Result<Vec<u8>, AcpiError> {
         check_fits(body.len())?;
     }
 
-    // §5.2.12.3, Table 5.24: the only IOAPIC, serving GSIs from 0.
+    // §5.2.12.3: the only IOAPIC, serving GSIs from 0.
     body.extend_from_slice(&[TYPE_IO_APIC, 12, IOAPIC_ID, 0]);
     body.extend_from_slice(&IOAPIC_ADDR.to_le_bytes());
     body.extend_from_slice(&0u32.to_le_bytes());
 
-    // §5.2.12.5, Table 5.25: ISA IRQ 0 -> GSI 2. The other ISA lines we use
+    // §5.2.12.5: ISA IRQ 0 -> GSI 2. The other ISA lines we use
     // (COM1 4, RTC 8, GED 9) are identity-mapped, edge, active high, which
     // is what an OS assumes without an override, so they get none.
     body.extend_from_slice(&[TYPE_INTERRUPT_SOURCE_OVERRIDE, 10, BUS_ISA, TIMER_ISA_IRQ]);
     body.extend_from_slice(&TIMER_IRQ.gsi.to_le_bytes());
     body.extend_from_slice(&TIMER_IRQ.mps_inti_flags().to_le_bytes());
 
-    // §5.2.12.7, Table 5.28: NMI on LINT1 of every processor.
+    // §5.2.12.7: NMI on LINT1 of every processor.
     body.extend_from_slice(&[TYPE_LOCAL_APIC_NMI, 6, ALL_PROCESSORS_UID8]);
     body.extend_from_slice(&NMI_LINE.mps_inti_flags().to_le_bytes());
     body.push(NMI_LINT);
     if any_x2apic {
-        // §5.2.12.13, Table 5.37: the same for processors described by
+        // §5.2.12.13: the same for processors described by
         // x2APIC entries.
         body.extend_from_slice(&[TYPE_LOCAL_X2APIC_NMI, 12]);
         body.extend_from_slice(&NMI_LINE.mps_inti_flags().to_le_bytes());

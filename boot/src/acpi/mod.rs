@@ -34,6 +34,9 @@
 //!   write, or `KVM_IRQ_LINE` 1 then 0). A 32-bit guest read returns the
 //!   selector and clears it atomically (read-to-clear); the line needs no
 //!   deassert-on-read because it is edge-triggered. Writes are ignored.
+//!   The AML only ever does one 4-byte read at `GED_PORT`; other widths or
+//!   offsets may read 0 without clearing. Bits other than the power button
+//!   are reserved and stay 0.
 //!   Events raised while `_EVT` runs just set bits and pulse again: the
 //!   guest runs `_EVT` once more and sees them.
 //! * **pvpanic** (`PVPANIC_PORT`, 1 byte): Linux's driver reads the port to
@@ -58,17 +61,17 @@ use crate::layout::{
     ACPI_SIZE, ACPI_START, ECAM_START, PCI_BUS_END, PCI_BUS_START, PCI_SEGMENT, RAM_64BIT_START,
 };
 
-/// Sleep control register bits (ACPI 6.5 §4.8.3.7, Table 4.20).
+/// Sleep control register bits (ACPI 6.5 §4.8.3.7).
 pub const SLP_EN: u8 = 1 << 5;
 pub const SLP_TYP_SHIFT: u8 = 2;
 pub const SLP_TYP_MASK: u8 = 0b111 << SLP_TYP_SHIFT;
-/// Sleep status register, WAK_STS (ACPI 6.5 §4.8.3.8, Table 4.21).
+/// Sleep status register, WAK_STS (ACPI 6.5 §4.8.3.8).
 pub const WAK_STS: u8 = 1 << 7;
 
 /// OEM ID in every table header and the RSDP.
 const OEM_ID: [u8; 6] = *b"IVMM  ";
 /// One OEM table ID for all tables: the FADT's must match the XSDT's
-/// (ACPI 6.5 §5.2.9, Table 5.9 "OEM Table ID").
+/// (ACPI 6.5 §5.2.9, "OEM Table ID").
 const OEM_TABLE_ID: [u8; 8] = *b"IVMMKVM ";
 const OEM_REVISION: u32 = 1;
 

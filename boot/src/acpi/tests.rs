@@ -414,6 +414,11 @@ fn dsdt_crs_carries_mmio64_window_from_config() {
     assert!(dsdt.windows(want.len()).any(|w| w == want.as_slice()));
 }
 
+#[test]
+fn build_is_deterministic() {
+    assert_eq!(build_ok(&cfg(3)), build_ok(&cfg(3)));
+}
+
 // ---- errors --------------------------------------------------------------------
 
 #[test]
