@@ -106,6 +106,11 @@ pub const PVPANIC_PORT: u16 = 0x505;
 /// PCI configuration mechanism #1 (CONFIG_ADDRESS at 0xcf8, CONFIG_DATA at 0xcfc).
 pub const PCI_CONFIG_PORT: u16 = 0xcf8;
 pub const PCI_CONFIG_PORT_LEN: u16 = 8;
+/// I/O port window the PCI host bridge forwards to PCI I/O BARs, announced in
+/// the DSDT `_CRS` of the host bridge. Every platform port (COM1, CMOS,
+/// pvpanic, 0xcf8, the ACPI registers) lies below it.
+pub const PCI_IO_START: u16 = 0x1000;
+pub const PCI_IO_SIZE: u32 = 0xf000;
 /// Hardware-reduced ACPI registers, all one byte wide, in a block of our own:
 /// FADT sleep control, FADT sleep status, FADT reset register.
 pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x600;
