@@ -175,7 +175,9 @@ const MISC_ENABLE_FAST_STRING: u64 = 1;
 /// not run RAM uncached.
 const MTRR_ENABLE_WB: u64 = (1 << 11) | 6;
 
-/// MSR values every vCPU starts with.
+/// MSR values every vCPU starts with. The TSC is left alone: KVM
+/// synchronises it across vCPUs at creation, and writing it per vCPU at
+/// different moments makes Linux mark it unstable.
 pub fn boot_msrs() -> Vec<(u32, u64)> {
     vec![
         (MSR_IA32_SYSENTER_CS, 0),
@@ -186,7 +188,6 @@ pub fn boot_msrs() -> Vec<(u32, u64)> {
         (MSR_KERNEL_GS_BASE, 0),
         (MSR_SYSCALL_MASK, 0),
         (MSR_LSTAR, 0),
-        (MSR_IA32_TSC, 0),
         (MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
         (MSR_MTRR_DEF_TYPE, MTRR_ENABLE_WB),
     ]

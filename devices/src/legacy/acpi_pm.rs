@@ -23,8 +23,6 @@ const SLP_EN: u8 = 1 << 5;
 /// SLP_TYP, bits 2..4 of the sleep control register.
 const SLP_TYP_SHIFT: u8 = 2;
 const SLP_TYP_MASK: u8 = 0x7;
-/// WAK_STS, bit 7 of the sleep status register.
-const WAK_STS: u8 = 1 << 7;
 
 pub struct AcpiPm {
     control: Arc<dyn VmControl>,
@@ -60,13 +58,10 @@ impl AcpiPm {
 
 impl BusDevice for AcpiPm {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
+        // The sleep registers read as 0: we only implement S5, which ends
+        // the VM, so there is never a wake status to report.
         data.fill(0);
-        if offset == SLEEP_STATUS {
-            // Never asleep: we only implement S5, which ends the VM.
-            if let Some(b) = data.first_mut() {
-                *b = WAK_STS;
-            }
-        } else if offset == GED_SELECTOR {
+        if offset == GED_SELECTOR {
             let bytes = self.ged_pending.to_le_bytes();
             let n = data.len().min(bytes.len());
             data[..n].copy_from_slice(&bytes[..n]);
