@@ -1,0 +1,79 @@
+//! Tests of the lab itself: that the place where ivmm runs really has a working KVM, and that
+//! the harness carries files, stdin, exit codes and the ivmm binary there and back.
+
+use ivmm_tests::{Lab, Mode, RunOptions};
+
+fn lab() -> Lab {
+    Lab::detect().expect("lab prerequisites (run scripts/setup.sh and scripts/fetch-guest.sh)")
+}
+
+#[test]
+fn l1_has_hardware_kvm() {
+    let lab = lab();
+    match lab.mode() {
+        Mode::Nested => {
+            let out = lab
+                .run_shell(
+                    "ls -l /dev/kvm && dmesg | grep -iE 'Nested (Paging|Virtualization) enabled' \
+                     && grep -c svm /proc/cpuinfo && lsmod | grep -E '^kvm_amd'",
+                    RunOptions::new(),
+                )
+                .expect("L1 shell run");
+            assert_eq!(
+                out.ivmm_exit, 0,
+                "L1 console:\n{}\nL1 log:\n{}",
+                out.console, out.l1_log
+            );
+            assert!(out.console.contains("/dev/kvm"), "{}", out.console);
+            assert!(
+                out.console.contains("SVM: kvm: Nested Paging enabled"),
+                "{}",
+                out.console
+            );
+            assert!(out.console.contains("kvm_amd"), "{}", out.console);
+            let boot = out.l1_boot.expect("nested runs time the L1 boot");
+            eprintln!("L1 boot to run.sh: {boot:?}, whole run: {:?}", out.elapsed);
+        }
+        Mode::Direct => {
+            let out = lab
+                .run_shell(
+                    "test -c /dev/kvm && exec 3<>/dev/kvm && echo kvm-opened",
+                    RunOptions::new(),
+                )
+                .expect("host shell run");
+            assert_eq!(out.ivmm_exit, 0, "{}", out.console);
+            assert!(out.console.contains("kvm-opened"));
+        }
+    }
+}
+
+#[test]
+fn lab_run_carries_files_stdin_and_exit_code() {
+    let lab = lab();
+    let opts = RunOptions::new()
+        .file("data.txt", b"payload-from-host\n", false)
+        .send_after_marker("ready>", b"typed-line\n");
+    let out = lab
+        .run_shell(
+            "cat data.txt; printf 'ready>\\n'; read line; echo \"got:$line\"; exit 7",
+            opts,
+        )
+        .expect("shell run");
+    assert_eq!(out.ivmm_exit, 7, "{}\n{}", out.console, out.l1_log);
+    assert!(out.console.contains("payload-from-host"), "{}", out.console);
+    assert!(out.console.contains("got:typed-line"), "{}", out.console);
+    assert!(out.marker_at("got:").is_some());
+    assert!(out.first_output_at() <= out.marker_at("got:"));
+}
+
+#[test]
+fn ivmm_binary_runs_in_the_lab() {
+    let lab = lab();
+    lab.ivmm_binary()
+        .expect("ivmm binary (cargo build --release -p vmm)");
+    let out = lab
+        .run_ivmm(&["--version"], RunOptions::new())
+        .expect("ivmm run");
+    assert_eq!(out.ivmm_exit, 0, "{}\n{}", out.console, out.l1_log);
+    assert!(out.console.contains("ivmm"), "{}", out.console);
+}
