@@ -568,13 +568,10 @@ fn nested_outcome(raw: &runner::RawRun) -> Result<LabOutcome> {
     let stderr = String::from_utf8_lossy(&raw.err);
     let full_log = || {
         let mut log = tail(&text, 80);
-        let qemu_err: Vec<&str> = stderr
-            .lines()
-            .filter(|l| !l.contains("TCG doesn't support requested feature"))
-            .collect();
+        let qemu_err = runner::noise_free(&stderr);
         if !qemu_err.is_empty() {
             log.push_str("\n[qemu stderr]\n");
-            log.push_str(&qemu_err.join("\n"));
+            log.push_str(&qemu_err);
         }
         log
     };
@@ -630,7 +627,7 @@ fn nested_outcome(raw: &runner::RawRun) -> Result<LabOutcome> {
 
     let mut l1_log = String::from_utf8_lossy(&out[..start]).into_owned();
     l1_log.push_str(&String::from_utf8_lossy(&out[end..]));
-    l1_log.push_str(&stderr);
+    l1_log.push_str(&runner::noise_free(&stderr));
     Ok(LabOutcome {
         console: normalize_console(console),
         ivmm_exit,

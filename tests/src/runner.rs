@@ -181,6 +181,7 @@ pub(crate) fn run(mut cmd: Command, what: &str, spec: &RunSpec<'_>) -> Result<Ra
         step_base: None,
         scan_from: 0,
         stdin,
+        passthrough_done: false,
     };
     if spec.framing == Framing::Direct {
         state.console_from = Some(0);
@@ -217,7 +218,7 @@ pub(crate) fn run(mut cmd: Command, what: &str, spec: &RunSpec<'_>) -> Result<Ra
             if Instant::now() >= deadline {
                 guard.kill();
                 let mut log = String::from_utf8_lossy(&state.out).into_owned();
-                log.push_str(&String::from_utf8_lossy(&state.err));
+                log.push_str(&noise_free(&String::from_utf8_lossy(&state.err)));
                 return Err(LabError::Timeout {
                     after: timeout,
                     phase: state.phase,
@@ -265,6 +266,8 @@ struct State<'a> {
     /// Where to look for the next step's marker.
     scan_from: usize,
     stdin: Option<ChildStdin>,
+    /// Passthrough has reached the end-of-run marker.
+    passthrough_done: bool,
 }
 
 impl State<'_> {
@@ -296,11 +299,20 @@ impl State<'_> {
                 None => self.frame_scan = self.out.len().saturating_sub(MAX_MARKER_LEN),
             }
         }
-        if self.spec.passthrough {
+        if self.spec.passthrough && !self.passthrough_done {
             if let Some(from) = self.console_from {
                 let from = from.max(old_len);
+                // Stop at the end-of-run marker: what follows is L1 shutting down.
+                let exit_marker = format!("\n{MARK_RUN_EXIT}");
+                let end = match find(&self.out[from..], exit_marker.as_bytes()) {
+                    Some(pos) => {
+                        self.passthrough_done = true;
+                        from + pos + 1
+                    }
+                    None => self.out.len(),
+                };
                 let mut stdout = std::io::stdout().lock();
-                let _ = stdout.write_all(&self.out[from..]);
+                let _ = stdout.write_all(&self.out[from..end]);
                 let _ = stdout.flush();
             }
         }
@@ -346,6 +358,15 @@ impl State<'_> {
         }
         Ok(())
     }
+}
+
+/// QEMU's stderr without the harmless warnings TCG prints for every EPYC-Rome vCPU.
+pub(crate) fn noise_free(stderr: &str) -> String {
+    stderr
+        .lines()
+        .filter(|l| !l.contains("TCG doesn't support requested feature"))
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 /// Position of `needle` in `hay`.

@@ -77,3 +77,54 @@ fn ivmm_binary_runs_in_the_lab() {
     assert_eq!(out.ivmm_exit, 0, "{}\n{}", out.console, out.l1_log);
     assert!(out.console.contains("ivmm"), "{}", out.console);
 }
+
+/// The L2 fixtures boot under a real KVM where ivmm runs, with QEMU as the VMM: this checks the
+/// fixtures and the lab independently of ivmm, and is the comparison peer for ivmm's boots.
+#[test]
+fn l2_fixture_boots_under_qemu_kvm_in_the_lab() {
+    let lab = lab();
+    let qemu = "/usr/bin/qemu-system-x86_64";
+    let guest_cmd = "nproc; cat /proc/cmdline; ls /sys/bus/virtio/drivers";
+    let cmdline = ivmm_tests::GuestBoot::new()
+        .command(guest_cmd)
+        .full_cmdline()
+        .expect("cmdline");
+    let (kernel, initrd) = match lab.mode() {
+        Mode::Nested => (
+            "/guest/bzImage".to_string(),
+            "/guest/initrd.img".to_string(),
+        ),
+        Mode::Direct => {
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest");
+            (
+                root.join("bzImage").display().to_string(),
+                root.join("initrd.img").display().to_string(),
+            )
+        }
+    };
+    let script = format!(
+        "{qemu} -accel kvm -M microvm -cpu host -smp 2 -m 256 -nodefaults -no-reboot \
+         -display none -serial stdio -kernel {kernel} -initrd {initrd} -append '{cmdline}'"
+    );
+    let opts = RunOptions::new()
+        .host_binary(qemu)
+        .host_file("/usr/share/seabios/bios-microvm.bin")
+        .host_file("/usr/share/qemu/linuxboot_dma.bin")
+        .timeout(std::time::Duration::from_secs(120));
+    let out = lab.run_shell(&script, opts).expect("QEMU in the lab");
+    assert_eq!(
+        out.ivmm_exit, 0,
+        "console:\n{}\nL1 log:\n{}",
+        out.console, out.l1_log
+    );
+    let init_at = out.guest_init_at().expect("guest reached init");
+    let cmd = out.guest_cmd_ok().expect("guest command result");
+    let mut lines = cmd.lines();
+    assert_eq!(lines.next(), Some("2"), "{cmd}");
+    assert!(cmd.contains("ivmm.cmd="), "{cmd}");
+    assert!(cmd.contains("virtio_blk"), "{cmd}");
+    eprintln!(
+        "QEMU/KVM peer: L1 boot {:?}, L2 init after {init_at:?}, whole run {:?}",
+        out.l1_boot, out.elapsed
+    );
+}
