@@ -263,7 +263,8 @@ impl Lab {
     }
 
     /// Runs a shell script (busybox sh in L1; `sh` on the host in Direct mode) where ivmm would
-    /// run; `ivmm_exit` of the outcome is the script's exit status.
+    /// run, in `{files}`, with the same placeholders as [`Lab::run_ivmm`]; `ivmm_exit` of the
+    /// outcome is the script's exit status.
     pub fn run_shell(&self, script: &str, opts: RunOptions) -> Result<LabOutcome> {
         self.run(Job::Shell(script.to_string()), &opts, false)
     }
@@ -369,7 +370,7 @@ impl Lab {
             }
             Job::Shell(script) => {
                 let mut cmd = Command::new("sh");
-                cmd.arg("-c").arg(script);
+                cmd.arg("-c").arg(expand(script, &map)?);
                 cmd
             }
         };
@@ -428,6 +429,7 @@ impl Lab {
                 words.join(" ")
             }
             Job::Shell(script) => {
+                let script = expand(script, &map)?;
                 cpio.file("/lab/script.sh", 0o755, script.as_bytes());
                 "sh /lab/script.sh".to_string()
             }
@@ -469,7 +471,7 @@ impl Lab {
         let run_cpio = self.run_cpio(job, opts)?;
         let needs_vmlinux = match job {
             Job::Ivmm(args) => args.iter().any(|a| a.contains("{vmlinux}")),
-            Job::Shell(script) => script.contains(L1_VMLINUX),
+            Job::Shell(script) => script.contains("{vmlinux}") || script.contains(L1_VMLINUX),
         };
         let tmp = TempDir::new("ivmm-lab")?;
         let initrd = tmp.path().join("l1-initrd.cpio");
@@ -741,6 +743,50 @@ mod tests {
     #[test]
     fn shell_quote_handles_single_quotes() {
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+
+    fn raw(out: &str) -> runner::RawRun {
+        use std::os::unix::process::ExitStatusExt;
+        let now = std::time::Instant::now();
+        let mid = out.find(MARK_RUN_START).map_or(0, |p| p + 3);
+        runner::RawRun {
+            out: out.as_bytes().to_vec(),
+            err: b"qemu: warning: TCG doesn't support requested feature: x\n".to_vec(),
+            chunks: vec![(0, now), (mid, now + Duration::from_secs(4))],
+            started: now,
+            finished: now + Duration::from_secs(9),
+            status: std::process::ExitStatus::from_raw(0),
+        }
+    }
+
+    #[test]
+    fn nested_outcome_splits_console_from_l1_log() {
+        let out = "LAB-L1-INIT\nLAB-KVM-READY\nLAB-RUN-START\nhello\r\nworld\nLAB-RUN-EXIT=3\nLAB-EXIT=3\n";
+        let o = nested_outcome(&raw(out)).expect("outcome");
+        assert_eq!(o.console, "hello\nworld");
+        assert_eq!(o.ivmm_exit, 3);
+        assert_eq!(o.l1_boot, Some(Duration::from_secs(4)));
+        assert_eq!(o.marker_at("world"), Some(Duration::ZERO));
+        assert!(o.l1_log.contains("LAB-KVM-READY") && !o.l1_log.contains("TCG"));
+    }
+
+    #[test]
+    fn nested_outcome_names_l1_failures() {
+        let no_kvm = "LAB-L1-INIT\nLAB-ERROR: no /dev/kvm in L1\nLAB-EXIT=125\n";
+        assert!(matches!(
+            nested_outcome(&raw(no_kvm)),
+            Err(LabError::L1NoKvm { .. })
+        ));
+        let panic = "LAB-L1-INIT\n[ 1.0] Kernel panic - not syncing: VFS\n";
+        assert!(matches!(
+            nested_outcome(&raw(panic)),
+            Err(LabError::L1Panic { .. })
+        ));
+        let died = "LAB-L1-INIT\nLAB-KVM-READY\n";
+        assert!(matches!(
+            nested_outcome(&raw(died)),
+            Err(LabError::L1Died { .. })
+        ));
     }
 
     #[test]

@@ -48,20 +48,43 @@ fn l1_has_hardware_kvm() {
 }
 
 #[test]
-fn lab_run_carries_files_stdin_and_exit_code() {
+fn lab_run_carries_files_disks_guest_artifacts_stdin_and_exit_code() {
     let lab = lab();
+    let disk = std::env::temp_dir().join(format!("ivmm-lab-test-disk-{}", std::process::id()));
+    let mut image = b"DISK-SIGNATURE-0".to_vec();
+    image.resize(1 << 20, 0);
+    std::fs::write(&disk, &image).expect("write disk image");
+    let guest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest");
+    let sizes: Vec<u64> = ["bzImage", "vmlinux", "initrd.img"]
+        .iter()
+        .map(|f| std::fs::metadata(guest.join(f)).expect("fixture").len())
+        .collect();
     let opts = RunOptions::new()
         .file("data.txt", b"payload-from-host\n", false)
+        .disk(&disk)
         .send_after_marker("ready>", b"typed-line\n");
-    let out = lab
-        .run_shell(
-            "cat data.txt; printf 'ready>\\n'; read line; echo \"got:$line\"; exit 7",
-            opts,
-        )
-        .expect("shell run");
+    let out = lab.run_shell(
+        "cat data.txt; head -c 16 {disk0}; echo; \
+         echo sizes: $(wc -c < {bzimage}) $(wc -c < {vmlinux}) $(wc -c < {initrd}); \
+         printf 'ready>\\n'; read line; echo \"got:$line\"; exit 7",
+        opts,
+    );
+    let _ = std::fs::remove_file(&disk);
+    let out = out.expect("shell run");
     assert_eq!(out.ivmm_exit, 7, "{}\n{}", out.console, out.l1_log);
     assert!(out.console.contains("payload-from-host"), "{}", out.console);
+    assert!(out.console.contains("DISK-SIGNATURE-0"), "{}", out.console);
+    let want = format!("sizes: {} {} {}", sizes[0], sizes[1], sizes[2]);
+    assert!(
+        out.console.contains(&want),
+        "want '{want}' in:\n{}",
+        out.console
+    );
     assert!(out.console.contains("got:typed-line"), "{}", out.console);
+    eprintln!(
+        "L1 boot with vmlinux and a disk: {:?}, whole run {:?}",
+        out.l1_boot, out.elapsed
+    );
     assert!(out.marker_at("got:").is_some());
     assert!(out.first_output_at() <= out.marker_at("got:"));
 }
