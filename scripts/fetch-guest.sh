@@ -63,8 +63,16 @@ trap 'rm -rf "$TMP"' EXIT
 mkdir -p "$OUT/debs" "$LAB"
 
 # --- download -------------------------------------------------------------------------------
-kpkg=$(apt-cache show --no-all-versions linux-image-cloud-amd64 2>/dev/null |
-	sed -n 's/^Depends:.*\(linux-image-[^ ,]*-cloud-amd64\).*/\1/p' | head -n1)
+resolve_kernel() {
+	apt-cache show --no-all-versions linux-image-cloud-amd64 2>/dev/null |
+		sed -n 's/^Depends:.*\(linux-image-[^ ,]*-cloud-amd64\).*/\1/p' | head -n1
+}
+kpkg=$(resolve_kernel)
+if [ -z "$kpkg" ] && [ "$(id -u)" -eq 0 ]; then
+	log "apt lists do not know linux-image-cloud-amd64: apt-get update"
+	apt-get update -qq || die "apt-get update failed"
+	kpkg=$(resolve_kernel)
+fi
 [ -n "$kpkg" ] || die "cannot resolve linux-image-cloud-amd64 (apt lists missing? run scripts/setup.sh)"
 log "kernel package: $kpkg"
 

@@ -16,9 +16,9 @@ use crate::host::{self, LabLock, TempDir};
 use crate::outcome::{normalize_console, timed_lines, LabOutcome};
 use crate::runner::{self, Framing, RunSpec, StdinStep, Trigger, MARK_RUN_EXIT, MARK_RUN_START};
 
-/// Default timeout of a nested run: a whole run takes 9–17 s on 2 shared cores (LAB.md), and
-/// CI machines are busy.
-pub const NESTED_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default timeout of a nested run: a whole L2 boot takes 9–17 s on 2 shared cores (LAB.md);
+/// this leaves room for a busy machine without a hung VMM costing many minutes.
+pub const NESTED_TIMEOUT: Duration = Duration::from_secs(150);
 /// Default timeout of a direct run.
 pub const DIRECT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -290,7 +290,12 @@ impl Lab {
     /// (`scripts/lab`); in Nested mode `Ctrl-A x` quits QEMU.
     pub fn run_interactive(&self, args: &[String], shell: bool) -> Result<i32> {
         let job = if shell {
-            Job::Shell("exec setsid cttyhack sh".to_string())
+            // In L1 the console is no controlling tty yet: cttyhack makes it one (job control,
+            // Ctrl-C). On the host the terminal already is.
+            Job::Shell(match self.mode {
+                Mode::Nested => "exec setsid cttyhack sh".to_string(),
+                Mode::Direct => "exec \"${SHELL:-sh}\" -i".to_string(),
+            })
         } else {
             Job::Ivmm(args.to_vec())
         };
