@@ -1,0 +1,805 @@
+//! The lab: where ivmm runs against a real KVM. `Direct` on a host with hardware KVM;
+//! `Nested` on hosts whose `/dev/kvm` is `kvm_pvm` (no stock kernels): a QEMU TCG guest (L1)
+//! with emulated AMD SVM loads the stock `kvm_amd` and runs ivmm, which boots L2.
+//! See `shared/LAB.md` for the measured recipe and `scripts/fetch-guest.sh` for the fixtures.
+
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::cpio::CpioWriter;
+use crate::error::{tail, LabError, Result};
+use crate::guest::GuestBoot;
+use crate::host::{self, LabLock, TempDir};
+use crate::outcome::{normalize_console, timed_lines, LabOutcome};
+use crate::runner::{self, Framing, RunSpec, StdinStep, Trigger, MARK_RUN_EXIT, MARK_RUN_START};
+
+/// Default timeout of a nested run: a whole L2 boot takes 9–17 s on 2 shared cores (LAB.md);
+/// this leaves room for a busy machine without a hung VMM costing many minutes.
+pub const NESTED_TIMEOUT: Duration = Duration::from_secs(150);
+/// Default timeout of a direct run.
+pub const DIRECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+const SETUP_HINT: &str = "run scripts/setup.sh";
+const FETCH_HINT: &str = "run scripts/fetch-guest.sh";
+/// L1 paths of the L2 artifacts (fixed in the L1 base initramfs).
+const L1_BZIMAGE: &str = "/guest/bzImage";
+const L1_VMLINUX: &str = "/guest/vmlinux";
+const L1_INITRD: &str = "/guest/initrd.img";
+/// Per-run directory in L1; `{files}` is `/lab/files`.
+const L1_FILES: &str = "/lab/files";
+const L1_IVMM: &str = "/lab/bin/ivmm";
+/// L1 kernel command line: `panic=-1` + QEMU's `-no-reboot` turn an L1 panic into a QEMU exit.
+const L1_CMDLINE: &str = "console=ttyS0 panic=-1 quiet rdinit=/init";
+/// L1 memory: L2 guests get a few hundred MiB; the initramfs lives in RAM too.
+const L1_MEM_MIB: u32 = 2048;
+
+/// Where ivmm runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Hardware KVM on this host: ivmm runs here.
+    Direct,
+    /// QEMU TCG L1 with nested SVM: ivmm runs inside it.
+    Nested,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Mode::Direct => write!(f, "direct (hardware /dev/kvm on this host)"),
+            Mode::Nested => write!(f, "nested (QEMU TCG L1 with emulated SVM, stock kvm_amd)"),
+        }
+    }
+}
+
+/// Fixture files on the host (from `scripts/fetch-guest.sh`).
+#[derive(Debug, Clone)]
+struct Fixtures {
+    bzimage: PathBuf,
+    vmlinux: PathBuf,
+    initrd: PathBuf,
+    l1_base: PathBuf,
+    l1_vmlinux: PathBuf,
+}
+
+/// Options of one run. `RunOptions::default()` uses the mode's default timeout.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    timeout: Option<Duration>,
+    stdin: Vec<StdinStep>,
+    files: Vec<(String, Vec<u8>, u32)>,
+    host_files: Vec<(PathBuf, bool)>,
+    disks: Vec<PathBuf>,
+}
+
+impl RunOptions {
+    /// Default options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Kill the run and fail after `timeout` (default [`NESTED_TIMEOUT`]/[`DIRECT_TIMEOUT`]).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sends `data` to ivmm's stdin once the console shows `marker` (searched after the
+    /// previous stdin step).
+    pub fn send_after_marker(mut self, marker: &str, data: &[u8]) -> Self {
+        self.stdin.push(StdinStep {
+            trigger: Trigger::Marker(marker.to_string()),
+            data: data.to_vec(),
+        });
+        self
+    }
+
+    /// Sends `data` to ivmm's stdin `delay` after the previous step (or ivmm's start).
+    pub fn send_after_delay(mut self, delay: Duration, data: &[u8]) -> Self {
+        self.stdin.push(StdinStep {
+            trigger: Trigger::Delay(delay),
+            data: data.to_vec(),
+        });
+        self
+    }
+
+    /// Puts a small file at `{files}/name` (executable if `executable`).
+    pub fn file(mut self, name: &str, data: &[u8], executable: bool) -> Self {
+        let mode = if executable { 0o755 } else { 0o644 };
+        self.files.push((name.to_string(), data.to_vec(), mode));
+        self
+    }
+
+    /// Makes a host file available at the same absolute path (Nested: copied into L1).
+    pub fn host_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.host_files.push((path.into(), false));
+        self
+    }
+
+    /// Makes a host binary and every shared library it links available at the same absolute
+    /// paths (Nested: copied into L1), e.g. a peer VMM to compare with.
+    pub fn host_binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.host_files.push((path.into(), true));
+        self
+    }
+
+    /// Attaches a raw disk image: `{disk0}`, `{disk1}`, … in arguments (Nested: a virtio disk
+    /// of L1, `/dev/vda`, `/dev/vdb`, …; Direct: the image path itself).
+    pub fn disk(mut self, image: impl Into<PathBuf>) -> Self {
+        self.disks.push(image.into());
+        self
+    }
+}
+
+/// The lab. `Lab::detect()` picks the mode and checks its prerequisites.
+#[derive(Debug, Clone)]
+pub struct Lab {
+    mode: Mode,
+    root: PathBuf,
+    fixtures: Fixtures,
+    qemu: Option<PathBuf>,
+    l1_smp: u32,
+}
+
+impl Lab {
+    /// Picks `Direct` if `/dev/kvm` exists and is not `kvm_pvm`, `Nested` otherwise
+    /// (`IVMM_LAB_MODE=direct|nested` overrides), and checks that the mode's prerequisites are
+    /// present. Prints the mode on stderr.
+    pub fn detect() -> Result<Self> {
+        let mode = match std::env::var("IVMM_LAB_MODE").as_deref() {
+            Ok("direct") => Mode::Direct,
+            Ok("nested") => Mode::Nested,
+            Ok(other) => {
+                return Err(LabError::Invalid(format!(
+                    "IVMM_LAB_MODE={other}: expected 'direct' or 'nested'"
+                )))
+            }
+            Err(_) => {
+                if Path::new("/dev/kvm").exists() && !Path::new("/sys/module/kvm_pvm").exists() {
+                    Mode::Direct
+                } else {
+                    Mode::Nested
+                }
+            }
+        };
+        let lab = Self::with_mode(mode)?;
+        eprintln!("ivmm lab: mode {mode}");
+        Ok(lab)
+    }
+
+    /// A lab in the given mode, prerequisites checked.
+    pub fn with_mode(mode: Mode) -> Result<Self> {
+        let root = workspace_root();
+        let guest = root.join("target/guest");
+        let lab_dir = root.join("target/lab");
+        let fixtures = Fixtures {
+            bzimage: guest.join("bzImage"),
+            vmlinux: guest.join("vmlinux"),
+            initrd: guest.join("initrd.img"),
+            l1_base: lab_dir.join("l1-base.cpio"),
+            l1_vmlinux: lab_dir.join("l1-vmlinux.cpio"),
+        };
+        let mut needed = vec![
+            ("guest kernel (bzImage)", &fixtures.bzimage),
+            ("guest kernel (vmlinux)", &fixtures.vmlinux),
+            ("guest initramfs", &fixtures.initrd),
+        ];
+        let mut qemu = None;
+        if mode == Mode::Nested {
+            needed.push(("L1 lab initramfs", &fixtures.l1_base));
+            needed.push(("L1 vmlinux initramfs", &fixtures.l1_vmlinux));
+            qemu = Some(host::which("qemu-system-x86_64").ok_or(LabError::Missing {
+                what: "qemu-system-x86_64",
+                path: PathBuf::from("$PATH"),
+                hint: SETUP_HINT,
+            })?);
+        } else if !Path::new("/dev/kvm").exists() {
+            return Err(LabError::Missing {
+                what: "/dev/kvm (direct mode)",
+                path: PathBuf::from("/dev/kvm"),
+                hint: "use a host with hardware KVM, or IVMM_LAB_MODE=nested",
+            });
+        }
+        for (what, path) in needed {
+            if !path.is_file() {
+                return Err(LabError::Missing {
+                    what,
+                    path: path.clone(),
+                    hint: FETCH_HINT,
+                });
+            }
+        }
+        let l1_smp = match std::env::var("IVMM_LAB_L1_SMP") {
+            Ok(v) => v
+                .parse()
+                .ok()
+                .filter(|n| (1..=8).contains(n))
+                .ok_or_else(|| LabError::Invalid(format!("IVMM_LAB_L1_SMP={v}: expected 1..8")))?,
+            Err(_) => 2,
+        };
+        Ok(Self {
+            mode,
+            root,
+            fixtures,
+            qemu,
+            l1_smp,
+        })
+    }
+
+    /// The mode in use.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Number of L1 vCPUs (Nested mode; `IVMM_LAB_L1_SMP`, default 2 with multi-threaded TCG).
+    pub fn l1_vcpus(&self) -> u32 {
+        self.l1_smp
+    }
+
+    /// The ivmm binary: `$IVMM_BIN`, else `<workspace>/target/release/ivmm`.
+    pub fn ivmm_binary(&self) -> Result<PathBuf> {
+        let path = match std::env::var_os("IVMM_BIN") {
+            Some(p) => PathBuf::from(p),
+            None => self.root.join("target/release/ivmm"),
+        };
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(LabError::Missing {
+                what: "ivmm binary",
+                path,
+                hint: "build it with `cargo build --release -p vmm` (or set IVMM_BIN)",
+            })
+        }
+    }
+
+    /// Runs ivmm with `args` (placeholders `{bzimage}`, `{vmlinux}`, `{initrd}`, `{files}`,
+    /// `{disk0}`… are replaced with this mode's paths) and returns what it printed.
+    pub fn run_ivmm<S: AsRef<str>>(&self, args: &[S], opts: RunOptions) -> Result<LabOutcome> {
+        let args: Vec<String> = args.iter().map(|a| a.as_ref().to_string()).collect();
+        self.run(Job::Ivmm(args), &opts, false)
+    }
+
+    /// Runs a shell script (busybox sh in L1; `sh` on the host in Direct mode) where ivmm would
+    /// run, in `{files}`, with the same placeholders as [`Lab::run_ivmm`]; `ivmm_exit` of the
+    /// outcome is the script's exit status.
+    pub fn run_shell(&self, script: &str, opts: RunOptions) -> Result<LabOutcome> {
+        self.run(Job::Shell(script.to_string()), &opts, false)
+    }
+
+    /// Boots the fixture guest with `ivmm run`, extra `ivmm_args`, and `guest_cmd` as the
+    /// guest's command; see [`LabOutcome::guest_cmd_ok`] for its output.
+    pub fn boot_guest<S: AsRef<str>>(
+        &self,
+        ivmm_args: &[S],
+        guest_cmd: &str,
+    ) -> Result<LabOutcome> {
+        let boot = GuestBoot::new().command(guest_cmd).args(ivmm_args);
+        self.boot(&boot, RunOptions::default())
+    }
+
+    /// Boots the guest described by `boot`.
+    pub fn boot(&self, boot: &GuestBoot, opts: RunOptions) -> Result<LabOutcome> {
+        self.run_ivmm(&boot.ivmm_args()?, opts)
+    }
+
+    /// Runs ivmm (or, with `shell`, a shell) with the terminal attached: console output goes
+    /// to stdout as it comes, stdin goes to ivmm. Returns ivmm's exit status. For humans
+    /// (`scripts/lab`); in Nested mode `Ctrl-A x` quits QEMU.
+    pub fn run_interactive(&self, args: &[String], shell: bool) -> Result<i32> {
+        let job = if shell {
+            // In L1 the console is no controlling tty yet: cttyhack makes it one (job control,
+            // Ctrl-C). On the host the terminal already is.
+            Job::Shell(match self.mode {
+                Mode::Nested => "exec setsid cttyhack sh".to_string(),
+                Mode::Direct => "exec \"${SHELL:-sh}\" -i".to_string(),
+            })
+        } else {
+            Job::Ivmm(args.to_vec())
+        };
+        if self.mode == Mode::Direct {
+            let tmp = TempDir::new("ivmm-lab")?;
+            let mut cmd = self.direct_command(&job, &RunOptions::default(), tmp.path())?;
+            let status = cmd.status().map_err(|e| LabError::io("starting ivmm", e))?;
+            return Ok(exit_code(status));
+        }
+        let opts = RunOptions::default();
+        let outcome = self.run_inner(job, &opts, true)?;
+        Ok(outcome.ivmm_exit)
+    }
+
+    fn run(&self, job: Job, opts: &RunOptions, passthrough: bool) -> Result<LabOutcome> {
+        self.run_inner(job, opts, passthrough)
+    }
+
+    fn run_inner(&self, job: Job, opts: &RunOptions, interactive: bool) -> Result<LabOutcome> {
+        match self.mode {
+            Mode::Direct => self.run_direct(&job, opts),
+            Mode::Nested => self.run_nested(&job, opts, interactive),
+        }
+    }
+
+    /// Placeholder values for this mode.
+    fn placeholders(&self, opts: &RunOptions, files_dir: &Path) -> Vec<(String, String)> {
+        let mut map: Vec<(String, String)> = match self.mode {
+            Mode::Direct => vec![
+                (
+                    "bzimage".into(),
+                    self.fixtures.bzimage.display().to_string(),
+                ),
+                (
+                    "vmlinux".into(),
+                    self.fixtures.vmlinux.display().to_string(),
+                ),
+                ("initrd".into(), self.fixtures.initrd.display().to_string()),
+                ("files".into(), files_dir.display().to_string()),
+            ],
+            Mode::Nested => vec![
+                ("bzimage".into(), L1_BZIMAGE.into()),
+                ("vmlinux".into(), L1_VMLINUX.into()),
+                ("initrd".into(), L1_INITRD.into()),
+                ("files".into(), L1_FILES.into()),
+            ],
+        };
+        for (i, disk) in opts.disks.iter().enumerate() {
+            let value = match self.mode {
+                Mode::Direct => disk.display().to_string(),
+                Mode::Nested => format!("/dev/vd{}", virtio_disk_letter(i)),
+            };
+            map.push((format!("disk{i}"), value));
+        }
+        map
+    }
+
+    fn direct_command(&self, job: &Job, opts: &RunOptions, files_dir: &Path) -> Result<Command> {
+        for (name, data, mode) in &opts.files {
+            let path = files_dir.join(name);
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent)
+                    .map_err(|e| LabError::io(format!("creating {}", parent.display()), e))?;
+            }
+            fs::write(&path, data)
+                .map_err(|e| LabError::io(format!("writing {}", path.display()), e))?;
+            set_mode(&path, *mode)?;
+        }
+        let map = self.placeholders(opts, files_dir);
+        let mut cmd = match job {
+            Job::Ivmm(args) => {
+                let mut cmd = Command::new(self.ivmm_binary()?);
+                for arg in args {
+                    cmd.arg(expand(arg, &map)?);
+                }
+                cmd
+            }
+            Job::Shell(script) => {
+                let mut cmd = Command::new("sh");
+                cmd.arg("-c").arg(expand(script, &map)?);
+                cmd
+            }
+        };
+        cmd.current_dir(files_dir);
+        Ok(cmd)
+    }
+
+    fn run_direct(&self, job: &Job, opts: &RunOptions) -> Result<LabOutcome> {
+        let tmp = TempDir::new("ivmm-lab")?;
+        let mut cmd = self.direct_command(job, opts, tmp.path())?;
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(if opts.stdin.is_empty() {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        });
+        let spec = RunSpec {
+            framing: Framing::Direct,
+            timeout: Some(opts.timeout.unwrap_or(DIRECT_TIMEOUT)),
+            stdin: &opts.stdin,
+            passthrough: false,
+            merge_stderr: true,
+        };
+        let raw = runner::run(cmd, job.name(), &spec)?;
+        let chunks: Vec<(usize, Duration)> = raw
+            .chunks
+            .iter()
+            .map(|&(off, t)| (off, t.saturating_duration_since(raw.started)))
+            .collect();
+        Ok(LabOutcome {
+            console: normalize_console(&raw.out),
+            ivmm_exit: exit_code(raw.status),
+            elapsed: raw.finished.saturating_duration_since(raw.started),
+            l1_log: String::new(),
+            l1_boot: None,
+            lines: timed_lines(&raw.out, &chunks),
+        })
+    }
+
+    /// The per-run cpio: `/lab/run.sh`, the job, its files, and host files/binaries.
+    fn run_cpio(&self, job: &Job, opts: &RunOptions) -> Result<Vec<u8>> {
+        let mut cpio = CpioWriter::new();
+        cpio.dir(L1_FILES);
+        let map = self.placeholders(opts, Path::new(L1_FILES));
+        let command = match job {
+            Job::Ivmm(args) => {
+                let ivmm = self.ivmm_binary()?;
+                add_host_file(&mut cpio, &ivmm, Some(L1_IVMM))?;
+                for lib in host::shared_libs(&ivmm)? {
+                    add_host_file(&mut cpio, &lib, None)?;
+                }
+                let mut words = vec![L1_IVMM.to_string()];
+                for arg in args {
+                    words.push(shell_quote(&expand(arg, &map)?));
+                }
+                words.join(" ")
+            }
+            Job::Shell(script) => {
+                let script = expand(script, &map)?;
+                cpio.file("/lab/script.sh", 0o755, script.as_bytes());
+                "sh /lab/script.sh".to_string()
+            }
+        };
+        for (path, is_binary) in &opts.host_files {
+            add_host_file(&mut cpio, path, None)?;
+            if *is_binary {
+                for lib in host::shared_libs(path)? {
+                    add_host_file(&mut cpio, &lib, None)?;
+                }
+            }
+        }
+        for (name, data, mode) in &opts.files {
+            cpio.file(&format!("{L1_FILES}/{name}"), *mode, data);
+        }
+        // The console is a tty in L1: raw mode passes bytes both ways unchanged (no echo, no
+        // line buffering, no \n -> \r\n), so ivmm's stdin/stdout behave like a pipe.
+        let run_sh = format!(
+            "#!/bin/sh\n\
+             # Generated per run by the ivmm test harness.\n\
+             stty raw -echo 2>/dev/null\n\
+             cd {L1_FILES}\n\
+             echo {MARK_RUN_START}\n\
+             {command}\n\
+             rc=$?\n\
+             printf '\\n{MARK_RUN_EXIT}%d\\n' \"$rc\"\n\
+             exit \"$rc\"\n"
+        );
+        cpio.file("/lab/run.sh", 0o755, run_sh.as_bytes());
+        Ok(cpio.finish())
+    }
+
+    fn run_nested(&self, job: &Job, opts: &RunOptions, interactive: bool) -> Result<LabOutcome> {
+        let qemu = self.qemu.clone().ok_or(LabError::Missing {
+            what: "qemu-system-x86_64",
+            path: PathBuf::from("$PATH"),
+            hint: SETUP_HINT,
+        })?;
+        let run_cpio = self.run_cpio(job, opts)?;
+        let needs_vmlinux = match job {
+            Job::Ivmm(args) => args.iter().any(|a| a.contains("{vmlinux}")),
+            Job::Shell(script) => script.contains("{vmlinux}") || script.contains(L1_VMLINUX),
+        };
+        let tmp = TempDir::new("ivmm-lab")?;
+        let initrd = tmp.path().join("l1-initrd.cpio");
+        let mut parts = vec![self.fixtures.l1_base.clone()];
+        if needs_vmlinux {
+            parts.push(self.fixtures.l1_vmlinux.clone());
+        }
+        let mut image = Vec::new();
+        for part in &parts {
+            let data = fs::read(part).map_err(|e| {
+                LabError::io(format!("reading {} ({FETCH_HINT}?)", part.display()), e)
+            })?;
+            image.extend_from_slice(&data);
+        }
+        image.extend_from_slice(&run_cpio);
+        fs::write(&initrd, &image)
+            .map_err(|e| LabError::io(format!("writing {}", initrd.display()), e))?;
+
+        let mut cmd = Command::new(&qemu);
+        let accel = if self.l1_smp > 1 {
+            "tcg,thread=multi"
+        } else {
+            "tcg"
+        };
+        cmd.args(["-accel", accel, "-cpu", "EPYC-Rome"])
+            .args([
+                "-smp",
+                &self.l1_smp.to_string(),
+                "-m",
+                &L1_MEM_MIB.to_string(),
+            ])
+            .args(["-nodefaults", "-no-reboot", "-display", "none"])
+            .args(["-serial", if interactive { "mon:stdio" } else { "stdio" }])
+            .arg("-kernel")
+            .arg(&self.fixtures.bzimage)
+            .arg("-initrd")
+            .arg(&initrd)
+            .args(["-append", L1_CMDLINE]);
+        for disk in &opts.disks {
+            if !disk.is_file() {
+                return Err(LabError::Missing {
+                    what: "disk image",
+                    path: disk.clone(),
+                    hint: "create it before the run",
+                });
+            }
+            let mut spec = std::ffi::OsString::from("if=virtio,format=raw,cache=unsafe,file=");
+            spec.push(disk.as_os_str());
+            cmd.arg("-drive").arg(spec);
+        }
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(if interactive {
+            Stdio::inherit()
+        } else if opts.stdin.is_empty() {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        });
+
+        let _lock = LabLock::acquire()?;
+        let spec = RunSpec {
+            framing: Framing::Nested,
+            timeout: if interactive {
+                None
+            } else {
+                Some(opts.timeout.unwrap_or(NESTED_TIMEOUT))
+            },
+            stdin: &opts.stdin,
+            passthrough: interactive,
+            merge_stderr: false,
+        };
+        let raw = runner::run(cmd, "qemu-system-x86_64 (L1)", &spec)?;
+        nested_outcome(&raw)
+    }
+}
+
+/// What runs where ivmm runs.
+#[derive(Debug, Clone)]
+enum Job {
+    Ivmm(Vec<String>),
+    Shell(String),
+}
+
+impl Job {
+    fn name(&self) -> &'static str {
+        match self {
+            Job::Ivmm(_) => "ivmm",
+            Job::Shell(_) => "sh",
+        }
+    }
+}
+
+/// Interprets QEMU's output: L1 log, console between the run markers, exit codes.
+fn nested_outcome(raw: &runner::RawRun) -> Result<LabOutcome> {
+    let text = String::from_utf8_lossy(&raw.out);
+    let stderr = String::from_utf8_lossy(&raw.err);
+    let full_log = || {
+        let mut log = tail(&text, 80);
+        let qemu_err = runner::noise_free(&stderr);
+        if !qemu_err.is_empty() {
+            log.push_str("\n[qemu stderr]\n");
+            log.push_str(&qemu_err);
+        }
+        log
+    };
+    if text.contains("LAB-ERROR: no /dev/kvm") {
+        return Err(LabError::L1NoKvm { log: full_log() });
+    }
+    let lab_exit = last_value(&text, "LAB-EXIT=");
+    let Some(lab_exit) = lab_exit else {
+        if text.contains("Kernel panic") {
+            return Err(LabError::L1Panic { log: full_log() });
+        }
+        return Err(LabError::L1Died {
+            status: raw.status.to_string(),
+            log: full_log(),
+        });
+    };
+    let out = &raw.out;
+    let start = runner::find(out, MARK_RUN_START.as_bytes())
+        .and_then(|p| out[p..].iter().position(|&b| b == b'\n').map(|n| p + n + 1));
+    let Some(start) = start else {
+        return Err(LabError::L1Died {
+            status: format!("LAB-EXIT={lab_exit} but the run never started"),
+            log: full_log(),
+        });
+    };
+    let exit_marker = format!("\n{MARK_RUN_EXIT}");
+    let end = runner::find(&out[start..], exit_marker.as_bytes()).map_or(out.len(), |p| start + p);
+    let ivmm_exit = last_value(&text, MARK_RUN_EXIT).unwrap_or(lab_exit);
+    let console = &out[start..end];
+
+    // Host times of the console relative to the chunk that brought the start marker.
+    let started_at = raw
+        .chunks
+        .iter()
+        .take_while(|&&(off, _)| off < start)
+        .last()
+        .map_or(raw.started, |&(_, t)| t);
+    let chunks: Vec<(usize, Duration)> = raw
+        .chunks
+        .iter()
+        .filter_map(|&(off, t)| {
+            let rel = t.saturating_duration_since(started_at);
+            if off < start {
+                None
+            } else {
+                Some((off - start, rel))
+            }
+        })
+        .collect();
+    // The chunk holding the start marker may also hold the first console bytes.
+    let mut chunks = chunks;
+    chunks.insert(0, (0, Duration::ZERO));
+
+    let mut l1_log = String::from_utf8_lossy(&out[..start]).into_owned();
+    l1_log.push_str(&String::from_utf8_lossy(&out[end..]));
+    l1_log.push_str(&runner::noise_free(&stderr));
+    Ok(LabOutcome {
+        console: normalize_console(console),
+        ivmm_exit,
+        elapsed: raw.finished.saturating_duration_since(raw.started),
+        l1_log,
+        l1_boot: Some(started_at.saturating_duration_since(raw.started)),
+        lines: timed_lines(console, &chunks),
+    })
+}
+
+/// The integer after the last occurrence of `key` in `text`.
+fn last_value(text: &str, key: &str) -> Option<i32> {
+    let pos = text.rfind(key)?;
+    let digits: String = text[pos + key.len()..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '-')
+        .collect();
+    digits.parse().ok()
+}
+
+/// Replaces `{name}` placeholders; an unknown `{disk…}` is an error (a disk not attached).
+fn expand(arg: &str, map: &[(String, String)]) -> Result<String> {
+    let mut out = arg.to_string();
+    for (name, value) in map {
+        out = out.replace(&format!("{{{name}}}"), value);
+    }
+    if let Some(pos) = out.find("{disk") {
+        let rest = &out[pos..];
+        let name = rest.split('}').next().unwrap_or(rest);
+        return Err(LabError::Invalid(format!(
+            "{name}}} in '{arg}': only {} disk(s) attached (RunOptions::disk)",
+            map.iter().filter(|(n, _)| n.starts_with("disk")).count()
+        )));
+    }
+    Ok(out)
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn virtio_disk_letter(index: usize) -> char {
+    // /dev/vda.. /dev/vdz; more disks than that are not a lab use case.
+    char::from(b'a' + u8::try_from(index.min(25)).unwrap_or(25))
+}
+
+fn add_host_file(cpio: &mut CpioWriter, path: &Path, at: Option<&str>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let data =
+        fs::read(path).map_err(|e| LabError::io(format!("reading {}", path.display()), e))?;
+    let mode = fs::metadata(path)
+        .map_err(|e| LabError::io(format!("stat {}", path.display()), e))?
+        .permissions()
+        .mode();
+    let dest = match at {
+        Some(at) => at.to_string(),
+        None => path.display().to_string(),
+    };
+    cpio.file(&dest, mode & 0o777, &data);
+    Ok(())
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|e| LabError::io(format!("chmod {}", path.display()), e))
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(-1)
+}
+
+/// The workspace root (this crate's parent directory), or `$IVMM_ROOT`.
+fn workspace_root() -> PathBuf {
+    if let Some(root) = std::env::var_os("IVMM_ROOT") {
+        return PathBuf::from(root);
+    }
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map() -> Vec<(String, String)> {
+        vec![
+            ("bzimage".into(), "/guest/bzImage".into()),
+            ("disk0".into(), "/dev/vda".into()),
+        ]
+    }
+
+    #[test]
+    fn expand_replaces_placeholders_inside_words() {
+        let got = expand("path={bzimage},x={disk0}", &map()).expect("expands");
+        assert_eq!(got, "path=/guest/bzImage,x=/dev/vda");
+    }
+
+    #[test]
+    fn expand_rejects_unattached_disk() {
+        assert!(matches!(
+            expand("{disk1}", &map()),
+            Err(LabError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn shell_quote_handles_single_quotes() {
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+
+    fn raw(out: &str) -> runner::RawRun {
+        use std::os::unix::process::ExitStatusExt;
+        let now = std::time::Instant::now();
+        let mid = out.find(MARK_RUN_START).map_or(0, |p| p + 3);
+        runner::RawRun {
+            out: out.as_bytes().to_vec(),
+            err: b"qemu: warning: TCG doesn't support requested feature: x\n".to_vec(),
+            chunks: vec![(0, now), (mid, now + Duration::from_secs(4))],
+            started: now,
+            finished: now + Duration::from_secs(9),
+            status: std::process::ExitStatus::from_raw(0),
+        }
+    }
+
+    #[test]
+    fn nested_outcome_splits_console_from_l1_log() {
+        let out = "LAB-L1-INIT\nLAB-KVM-READY\nLAB-RUN-START\nhello\r\nworld\nLAB-RUN-EXIT=3\nLAB-EXIT=3\n";
+        let o = nested_outcome(&raw(out)).expect("outcome");
+        assert_eq!(o.console, "hello\nworld");
+        assert_eq!(o.ivmm_exit, 3);
+        assert_eq!(o.l1_boot, Some(Duration::from_secs(4)));
+        assert_eq!(o.marker_at("world"), Some(Duration::ZERO));
+        assert!(o.l1_log.contains("LAB-KVM-READY") && !o.l1_log.contains("TCG"));
+    }
+
+    #[test]
+    fn nested_outcome_names_l1_failures() {
+        let no_kvm = "LAB-L1-INIT\nLAB-ERROR: no /dev/kvm in L1\nLAB-EXIT=125\n";
+        assert!(matches!(
+            nested_outcome(&raw(no_kvm)),
+            Err(LabError::L1NoKvm { .. })
+        ));
+        let panic = "LAB-L1-INIT\n[ 1.0] Kernel panic - not syncing: VFS\n";
+        assert!(matches!(
+            nested_outcome(&raw(panic)),
+            Err(LabError::L1Panic { .. })
+        ));
+        let died = "LAB-L1-INIT\nLAB-KVM-READY\n";
+        assert!(matches!(
+            nested_outcome(&raw(died)),
+            Err(LabError::L1Died { .. })
+        ));
+    }
+
+    #[test]
+    fn last_value_reads_the_last_marker() {
+        assert_eq!(
+            last_value("LAB-EXIT=1\nLAB-EXIT=42\r\n", "LAB-EXIT="),
+            Some(42)
+        );
+        assert_eq!(last_value("nothing", "LAB-EXIT="), None);
+    }
+}
