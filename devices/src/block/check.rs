@@ -192,6 +192,7 @@ impl<'a> Walker<'a> {
                 self.copied.push((l1_off, i, l2_off, e));
             }
             let l2 = self.read(l2_off, self.cs)?;
+            self.last_data = 0;
             for j in 0..l2_entries {
                 let e = be64(&l2, j as usize * 8);
                 if e & OFLAG_COMPRESSED != 0 {
@@ -206,8 +207,10 @@ impl<'a> Walker<'a> {
                     }
                     self.inc(coff, csize, "compressed cluster");
                     if active {
+                        // Compressed clusters count as fragmented by nature (as QEMU).
                         self.report.allocated_clusters += 1;
                         self.report.compressed_clusters += 1;
+                        self.report.fragmented_clusters += 1;
                     }
                     continue;
                 }

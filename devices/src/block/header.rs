@@ -348,6 +348,59 @@ impl QcowHeader {
     }
 }
 
+/// Rewrites the backing file name and format in the header of `file`
+/// (`rebase -u`, `rebase`). Unknown header extensions would be lost, so images
+/// with autoclear features (e.g. persistent bitmaps) are refused.
+pub fn rewrite_backing(
+    file: &File,
+    path: &Path,
+    backing: Option<(String, String)>,
+) -> Result<(), HeaderError> {
+    let mut h = QcowHeader::read(file, path)?;
+    let inv = |msg: String| HeaderError::Invalid {
+        path: path.to_path_buf(),
+        msg,
+    };
+    if h.autoclear_features != 0 || h.data_file.is_some() {
+        return Err(inv(
+            "cannot rewrite the header of an image with bitmaps or an external data file".into(),
+        ));
+    }
+    let old_end = h
+        .extensions_end
+        .max(h.backing_file_offset + u64::from(h.backing_file_size))
+        .max(h.header_length.into());
+    match backing {
+        Some((name, fmt)) => {
+            h.backing_file = Some(name);
+            h.backing_format = Some(fmt);
+        }
+        None => {
+            h.backing_file = None;
+            h.backing_format = None;
+        }
+    }
+    let mut bytes = h.to_bytes();
+    if bytes.len() as u64 > h.cluster_size() {
+        return Err(inv(
+            "backing file name too long for the header cluster".into()
+        ));
+    }
+    if (bytes.len() as u64) < old_end {
+        bytes.resize(old_end as usize, 0);
+    }
+    super::raw::pwrite_all(file, bytes.as_ptr(), bytes.len(), 0).map_err(|source| {
+        HeaderError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    file.sync_all().map_err(|source| HeaderError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 enum ParseFail {
     Io(std::io::Error),
     Magic,

@@ -27,6 +27,7 @@ pub mod iothread;
 pub mod lock;
 pub mod qcow2;
 pub mod raw;
+pub mod writer;
 
 use std::fmt;
 use std::fs::File;

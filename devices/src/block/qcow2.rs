@@ -37,6 +37,17 @@ pub struct ChainLayer {
     pub format: ImageFormat,
 }
 
+/// Allocation status of a range in the top image only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopStatus {
+    /// Data stored in this image (plain or compressed).
+    Data,
+    /// Explicitly zero in this image.
+    Zero,
+    /// Not allocated here: the backing file (or zeroes) shows through.
+    Unallocated,
+}
+
 /// A qcow2 image (with its backing chain) opened through imago.
 #[derive(Debug)]
 pub struct Qcow2Disk {
@@ -304,12 +315,39 @@ impl Qcow2Disk {
     /// Whether `[offset, offset+len)` is allocated in this image (not in the
     /// backing chain), and for how long that holds.
     pub fn allocated_in_top(&self, offset: u64, max_len: u64) -> Result<(bool, u64)> {
+        let (s, len) = self.top_status(offset, max_len)?;
+        Ok((s != TopStatus::Unallocated, len))
+    }
+
+    /// Allocation status of `offset` in this image alone.
+    pub fn top_status(&self, offset: u64, max_len: u64) -> Result<(TopStatus, u64)> {
         let access = self.access();
         let (m, len) = access
             .get_shallow_mapping(offset, max_len)
             .map_err(|e| self.io_err("map", e))?;
-        let alloc = !matches!(m, ShallowMapping::Indirect { .. });
-        Ok((alloc, len.max(1).min(max_len)))
+        let s = match m {
+            ShallowMapping::Indirect { .. } => TopStatus::Unallocated,
+            ShallowMapping::Zero {
+                explicit: false, ..
+            } => TopStatus::Unallocated,
+            ShallowMapping::Zero { explicit: true, .. } => TopStatus::Zero,
+            ShallowMapping::Eof { .. } => TopStatus::Unallocated,
+            _ => TopStatus::Data,
+        };
+        Ok((s, len.max(1).min(max_len)))
+    }
+
+    /// Drops every allocation of this image so the backing file shows through
+    /// (what `qemu-img commit` does to the overlay afterwards).
+    pub fn make_empty(&self) -> Result<()> {
+        self.check_writable()?;
+        let mut access = self.access_mut();
+        let size = access.size();
+        access
+            .discard_to_backing(0, size)
+            .map_err(|e| self.io_err("discard", e))?;
+        access.flush().map_err(|e| self.io_err("flush", e))?;
+        access.sync().map_err(|e| self.io_err("flush", e))
     }
 
     /// Grows or shrinks the virtual disk.
