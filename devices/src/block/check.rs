@@ -41,7 +41,7 @@ pub enum Repair {
 /// Errors that stop the check (exit code 1).
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
-    #[error("cannot open '{path}': {source}")]
+    #[error("cannot open '{path}'")]
     Open {
         path: PathBuf,
         #[source]
@@ -49,7 +49,7 @@ pub enum CheckError {
     },
     #[error("'{path}': {msg}")]
     Header { path: PathBuf, msg: String },
-    #[error("'{path}': I/O error: {source}")]
+    #[error("'{path}': I/O error")]
     Io {
         path: PathBuf,
         #[source]

@@ -77,7 +77,7 @@ impl Default for Qcow2Options {
 pub enum CreateError {
     #[error("invalid option: {0}")]
     Invalid(String),
-    #[error("cannot create '{path}': {source}")]
+    #[error("cannot create '{path}'")]
     Io {
         path: std::path::PathBuf,
         #[source]

@@ -35,7 +35,7 @@ pub const MAX_BACKING_NAME: u32 = 1023;
 /// Errors parsing a qcow2 header.
 #[derive(Debug, thiserror::Error)]
 pub enum HeaderError {
-    #[error("cannot read '{path}': {source}")]
+    #[error("cannot read '{path}'")]
     Io {
         path: PathBuf,
         #[source]

@@ -15,7 +15,7 @@ pub type IoJob = Box<dyn FnOnce(&dyn DiskBackend) + Send + 'static>;
 /// Errors of the I/O thread.
 #[derive(Debug, thiserror::Error)]
 pub enum IoThreadError {
-    #[error("cannot spawn I/O thread '{name}': {source}")]
+    #[error("cannot spawn I/O thread '{name}'")]
     Spawn {
         name: String,
         #[source]

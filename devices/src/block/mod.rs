@@ -46,7 +46,7 @@ pub use raw::RawDisk;
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
     /// Opening the image file failed.
-    #[error("cannot open '{path}': {source}")]
+    #[error("cannot open '{path}'")]
     Open {
         path: PathBuf,
         #[source]
@@ -74,7 +74,7 @@ pub enum BlockError {
     #[error("'{path}': refusing a write that would make a probed raw image look like qcow2 (open it with an explicit format)")]
     ProbedRawHeader { path: PathBuf },
     /// Host I/O failed.
-    #[error("'{path}': I/O error during {op}: {source}")]
+    #[error("'{path}': I/O error during {op}")]
     Io {
         path: PathBuf,
         op: &'static str,

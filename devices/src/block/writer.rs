@@ -18,7 +18,7 @@ const OFLAG_ZERO: u64 = 1;
 /// Errors of the streaming writer.
 #[derive(Debug, thiserror::Error)]
 pub enum WriterError {
-    #[error("cannot write '{path}': {source}")]
+    #[error("cannot write '{path}'")]
     Io {
         path: PathBuf,
         #[source]

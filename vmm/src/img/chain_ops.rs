@@ -67,6 +67,7 @@ fn grow(path: &Path, format: ImageFormat, size: u64) -> anyhow::Result<()> {
     match format {
         ImageFormat::Raw => {
             let f = std::fs::OpenOptions::new()
+                .read(true)
                 .write(true)
                 .open(path)
                 .with_context(|| format!("could not open '{}'", path.display()))?;

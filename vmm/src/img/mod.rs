@@ -353,7 +353,7 @@ fn check(a: CheckArgs) -> anyhow::Result<i32> {
     let r = match check_qcow2(&a.file, repair) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("ivmm: {e}");
+            eprintln!("ivmm: {:#}", anyhow::Error::from(e));
             if json {
                 println!(
                     "{}",
@@ -460,6 +460,7 @@ fn resize(a: ResizeArgs) -> anyhow::Result<i32> {
     match format {
         ImageFormat::Raw => {
             let f = std::fs::OpenOptions::new()
+                .read(true)
                 .write(true)
                 .open(&a.file)
                 .with_context(|| format!("could not open '{}'", a.file.display()))?;
