@@ -14,7 +14,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use super::create::{get_refcount, set_refcount};
-use super::header::{QcowHeader, INCOMPAT_CORRUPT, INCOMPAT_DIRTY};
+use super::header::{validate_tables, QcowHeader, INCOMPAT_CORRUPT, INCOMPAT_DIRTY};
 use super::raw::{pread_all, pwrite_all};
 
 /// L1/L2/refcount-table entry offset mask (bits 9..=55).
@@ -23,8 +23,10 @@ const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 const OFLAG_COPIED: u64 = 1 << 63;
 /// Bit 62 of an L2 entry: compressed cluster.
 const OFLAG_COMPRESSED: u64 = 1 << 62;
-/// Bit 0 of a standard L2 entry: reads as zeroes (v3).
-const OFLAG_ZERO: u64 = 1;
+/// Reserved bits of an L1 entry (1..=8 and 56..=62) and bit 0.
+const L1_RESERVED: u64 = 0x7f00_0000_0000_01ff;
+/// Reserved bits of a standard L2 entry (1..=8 and 56..=61).
+const L2_RESERVED: u64 = 0x3f00_0000_0000_01fe;
 /// QEMU's limit for L1 tables (QCOW_MAX_L1_SIZE, 32 MiB).
 const MAX_L1_BYTES: u64 = 32 << 20;
 /// QEMU's limit for the refcount table (QCOW_MAX_REFTABLE_SIZE, 8 MiB).
@@ -175,6 +177,10 @@ impl<'a> Walker<'a> {
         let l2_entries = self.cs / 8;
         for i in 0..l1_size {
             let e = be64(&l1, i as usize * 8);
+            if e & L1_RESERVED != 0 {
+                self.err(format!("found L1 entry with reserved bits set: {e:x}"));
+                continue;
+            }
             let l2_off = e & OFFSET_MASK;
             if l2_off == 0 {
                 continue;
@@ -214,14 +220,12 @@ impl<'a> Walker<'a> {
                     }
                     continue;
                 }
+                if e & L2_RESERVED != 0 {
+                    self.err(format!("found l2 entry with reserved bits set: {e:x}"));
+                    continue;
+                }
                 let off = e & OFFSET_MASK;
                 if off == 0 {
-                    if e & OFLAG_ZERO == 0 && e != 0 && e & !OFLAG_COPIED != 0 {
-                        // Reserved bits set in an unallocated entry.
-                        self.err(format!(
-                            "L2 entry {j:#x} in table 0x{l2_off:x} has reserved bits set"
-                        ));
-                    }
                     continue;
                 }
                 if off & (self.cs - 1) != 0 {
@@ -291,6 +295,8 @@ fn be32(b: &[u8], off: usize) -> u32 {
 /// Stored refcounts: per refcount-table entry, the block offset (if sane).
 struct Stored {
     table: Vec<Option<u64>>,
+    /// Refcount-table indexes whose block pointer is unaligned: unreadable.
+    unreadable: Vec<usize>,
     blocks: std::collections::HashMap<u64, Vec<u8>>,
     per_block: u64,
     bits: u32,
@@ -330,7 +336,12 @@ pub fn check_qcow2(path: &Path, repair: Repair) -> Result<CheckReport, CheckErro
     if first.report.leaks == 0 && first.report.corruptions == 0 && !needs_flag_clear {
         return Ok(first.report);
     }
-    apply(&file, path, repair, &first)?;
+    // Refcounts first; OFLAG_COPIED is then judged against the repaired refcounts.
+    apply(&file, path, repair, &first, false)?;
+    if repair == Repair::All {
+        let second = analyse(&file, path, Repair::All)?;
+        apply(&file, path, repair, &second, true)?;
+    }
     // Re-check: what remains is what we could not fix.
     let mut after = analyse(&file, path, Repair::None)?.report;
     if needs_flag_clear && after.corruptions == 0 {
@@ -370,7 +381,11 @@ struct Analysis {
 fn analyse(file: &File, path: &Path, repair: Repair) -> Result<Analysis, CheckError> {
     let h = QcowHeader::read(file, path).map_err(|e| CheckError::Header {
         path: path.to_path_buf(),
-        msg: e.to_string(),
+        msg: e.detail(),
+    })?;
+    validate_tables(&h).map_err(|msg| CheckError::Header {
+        path: path.to_path_buf(),
+        msg,
     })?;
     let file_len = file.metadata().map_err(ioe(path))?.len();
     let cs = h.cluster_size();
@@ -401,6 +416,7 @@ fn analyse(file: &File, path: &Path, repair: Repair) -> Result<Analysis, CheckEr
     let rt_bytes = u64::from(h.refcount_table_clusters) * cs;
     let mut stored = Stored {
         table: Vec::new(),
+        unreadable: Vec::new(),
         blocks: Default::default(),
         per_block,
         bits,
@@ -421,7 +437,13 @@ fn analyse(file: &File, path: &Path, repair: Repair) -> Result<Analysis, CheckEr
         }
         for i in 0..rt_bytes / 8 {
             let e = be64(&rt, i as usize * 8);
-            let off = e & !511;
+            if e & 511 != 0 {
+                w.err(format!("refcount table entry {i} has reserved bits set"));
+                stored.table.push(None);
+                refcount_structure_ok = false;
+                continue;
+            }
+            let off = e;
             if off == 0 {
                 stored.table.push(None);
                 continue;
@@ -430,6 +452,7 @@ fn analyse(file: &File, path: &Path, repair: Repair) -> Result<Analysis, CheckEr
                 w.err(format!(
                     "refcount block {i} is not cluster aligned; refcount table entry corrupted"
                 ));
+                stored.unreadable.push(i as usize);
                 stored.table.push(None);
                 refcount_structure_ok = false;
                 continue;
@@ -457,6 +480,17 @@ fn analyse(file: &File, path: &Path, repair: Repair) -> Result<Analysis, CheckEr
     let mut highest = 0u64;
     for c in 0..nb_clusters {
         let want = w.refs[c as usize];
+        if stored.unreadable.contains(&((c / per_block) as usize)) {
+            // As QEMU: the refcount cannot be read, an internal check error.
+            w.report.check_errors += 1;
+            w.report
+                .messages
+                .push(format!("Can't get refcount for cluster {c}"));
+            if repair == Repair::All {
+                refcount_structure_ok = false;
+            }
+            continue;
+        }
         let have = stored.get(c);
         if have > 0 || want > 0 {
             highest = c;
@@ -491,34 +525,11 @@ fn analyse(file: &File, path: &Path, repair: Repair) -> Result<Analysis, CheckEr
             }
         }
     }
-    // Stored refcounts for clusters beyond the end of the file are leaks too.
-    for (ti, b) in stored.table.iter().enumerate() {
-        let Some(b) = b else { continue };
-        let Some(blk) = stored.blocks.get(b) else {
-            continue;
-        };
-        for idx in 0..per_block {
-            let c = ti as u64 * per_block + idx;
-            if c < nb_clusters {
-                continue;
-            }
-            if get_refcount(blk, idx as usize, bits) != 0 {
-                w.report.leaks += 1;
-                w.report
-                    .messages
-                    .push(format!("Leaked cluster {c} beyond the end of the file"));
-                if repair != Repair::None {
-                    fixes.push((c, 0));
-                }
-            }
-        }
-    }
+    // Like QEMU, refcounts of clusters past the end of the file are not looked at.
     // OFLAG_COPIED must be set exactly when the refcount is one.
     let mut copied_fixes: Vec<EntryFix> = Vec::new();
     for &(table, idx, target, entry) in &w.copied {
-        let Some(refs) = w.refs.get((target / cs) as usize).copied() else {
-            continue;
-        };
+        let refs = stored.get(target / cs);
         let want_copied = refs == 1;
         if (entry & OFLAG_COPIED != 0) != want_copied {
             w.report.corruptions += 1;
@@ -552,9 +563,21 @@ fn analyse(file: &File, path: &Path, repair: Repair) -> Result<Analysis, CheckEr
 }
 
 /// Applies the repairs an analysis found.
-fn apply(file: &File, path: &Path, repair: Repair, a: &Analysis) -> Result<(), CheckError> {
+fn apply(
+    file: &File,
+    path: &Path,
+    repair: Repair,
+    a: &Analysis,
+    copied_only: bool,
+) -> Result<(), CheckError> {
     let write =
         |off: u64, data: &[u8]| pwrite_all(file, data.as_ptr(), data.len(), off).map_err(ioe(path));
+    if copied_only {
+        for &(table, idx, v) in &a.copied_fixes {
+            write(table + idx * 8, &v.to_be_bytes())?;
+        }
+        return file.sync_all().map_err(ioe(path));
+    }
     let per_block = a.stored.per_block;
     let bits = a.stored.bits;
     let all_in_place = a.refcount_structure_ok
@@ -589,9 +612,6 @@ fn apply(file: &File, path: &Path, repair: Repair, a: &Analysis) -> Result<(), C
             }
         }
         rebuild_refcounts(file, path, &a.h, &refs, a.nb_clusters)?;
-    }
-    for &(table, idx, v) in &a.copied_fixes {
-        write(table + idx * 8, &v.to_be_bytes())?;
     }
     file.sync_all().map_err(ioe(path))
 }

@@ -401,6 +401,58 @@ pub fn rewrite_backing(
     })
 }
 
+impl HeaderError {
+    /// The message without the file name (for errors that add it themselves).
+    pub fn detail(&self) -> String {
+        match self {
+            HeaderError::Io { source, .. } => source.to_string(),
+            HeaderError::BadMagic { .. } => "not a qcow2 image (bad magic)".into(),
+            HeaderError::Invalid { msg, .. } => msg.clone(),
+        }
+    }
+}
+
+/// QEMU's open-time sanity checks of the table pointers in the header
+/// (qcow2_open): images failing them cannot be opened or checked.
+pub fn validate_tables(h: &QcowHeader) -> Result<(), String> {
+    let cs = h.cluster_size();
+    let l2_span = cs * (cs / 8);
+    if u64::from(h.l1_size) * 8 > 32 << 20 {
+        return Err(format!("active L1 table too large ({} entries)", h.l1_size));
+    }
+    if u64::from(h.l1_size) < h.size.div_ceil(l2_span) {
+        return Err(format!(
+            "L1 table is too small ({} entries) for the disk size {}",
+            h.l1_size, h.size
+        ));
+    }
+    if h.l1_size > 0 && (h.l1_table_offset == 0 || h.l1_table_offset & (cs - 1) != 0) {
+        return Err(format!(
+            "active L1 table offset 0x{:x} invalid",
+            h.l1_table_offset
+        ));
+    }
+    if h.refcount_table_offset == 0 || h.refcount_table_offset & (cs - 1) != 0 {
+        return Err(format!(
+            "reference count table offset 0x{:x} invalid",
+            h.refcount_table_offset
+        ));
+    }
+    if u64::from(h.refcount_table_clusters) * cs > 8 << 20 || h.refcount_table_clusters == 0 {
+        return Err(format!(
+            "reference count table size invalid ({} clusters)",
+            h.refcount_table_clusters
+        ));
+    }
+    if h.nb_snapshots > 0 && h.snapshots_offset & (cs - 1) != 0 {
+        return Err(format!(
+            "snapshot table offset 0x{:x} invalid",
+            h.snapshots_offset
+        ));
+    }
+    Ok(())
+}
+
 enum ParseFail {
     Io(std::io::Error),
     Magic,

@@ -18,8 +18,9 @@ use imago::{
 };
 use vm_memory::VolatileSlice;
 
-use super::header::{refusal_reason, QcowHeader};
+use super::header::{refusal_reason, validate_tables, QcowHeader};
 use super::lock::{ImageLock, LockMode};
+use super::raw::pread_all;
 use super::{
     check_range, probe_format, sg_len, BlockError, DiskBackend, ImageFormat, OpenOptions, Result,
 };
@@ -131,11 +132,13 @@ fn open_storage(
 pub fn vet_header(file: &StdFile, path: &Path) -> Result<QcowHeader> {
     let h = QcowHeader::read(file, path).map_err(|e| BlockError::Unsupported {
         path: path.to_path_buf(),
-        msg: match e {
-            super::header::HeaderError::Invalid { msg, .. } => msg,
-            other => other.to_string(),
-        },
+        msg: e.detail(),
     })?;
+    validate_tables(&h).map_err(|msg| BlockError::NeedsRepair {
+        path: path.to_path_buf(),
+        msg,
+    })?;
+    validate_pointers(file, path, &h)?;
     if let Some((msg, repairable)) = refusal_reason(&h) {
         return Err(if repairable {
             BlockError::NeedsRepair {
@@ -152,6 +155,80 @@ pub fn vet_header(file: &StdFile, path: &Path) -> Result<QcowHeader> {
     Ok(h)
 }
 
+/// Cheap pointer sanity on open (L1 and refcount-table entries only: a few
+/// KiB to read): every L2 table and refcount block must be cluster aligned,
+/// free of reserved bits and inside the file, so imago never follows a
+/// pointer out of the image. Deeper damage is `ivmm img check`'s job.
+fn validate_pointers(file: &StdFile, path: &Path, h: &QcowHeader) -> Result<()> {
+    let cs = h.cluster_size();
+    let file_len = file.metadata().map_err(|e| open_err(path, e))?.len();
+    let bad = |msg: String| BlockError::NeedsRepair {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let tables = [
+        (
+            h.l1_table_offset,
+            u64::from(h.l1_size) * 8,
+            0x7f00_0000_0000_01ffu64,
+            "L1 table",
+        ),
+        (
+            h.refcount_table_offset,
+            u64::from(h.refcount_table_clusters) * cs,
+            0x1ff,
+            "refcount table",
+        ),
+    ];
+    // Metadata clusters L2 tables must not overlap: header, L1, refcount table/blocks.
+    let mut meta: Vec<(u64, u64)> = vec![(0, cs)];
+    let mut l2s = Vec::new();
+    for (n, (off, len, reserved, what)) in tables.into_iter().enumerate() {
+        if len == 0 {
+            continue;
+        }
+        let in_file =
+            matches!(off.checked_add(len), Some(end) if end <= file_len.next_multiple_of(cs));
+        if !in_file {
+            return Err(bad(format!(
+                "{what} at 0x{off:x} extends beyond the end of the file"
+            )));
+        }
+        meta.push((off, len));
+        let mut buf = vec![0u8; len as usize];
+        pread_all(file, buf.as_mut_ptr(), buf.len(), off).map_err(|e| open_err(path, e))?;
+        for (i, chunk) in buf.chunks_exact(8).enumerate() {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(chunk);
+            let e = u64::from_be_bytes(a);
+            let target = e & 0x00ff_ffff_ffff_fe00;
+            if e & reserved != 0 || target & (cs - 1) != 0 {
+                return Err(bad(format!("{what} entry {i} (0x{e:x}) is invalid")));
+            }
+            if target != 0 && target >= file_len {
+                return Err(bad(format!(
+                    "{what} entry {i} points beyond the end of the file (0x{target:x})"
+                )));
+            }
+            if target != 0 {
+                if n == 0 {
+                    l2s.push((i, target));
+                } else {
+                    meta.push((target, cs));
+                }
+            }
+        }
+    }
+    for (i, l2) in l2s {
+        if let Some((m, _)) = meta.iter().find(|(m, len)| l2 >= *m && l2 < m + len) {
+            return Err(bad(format!(
+                "L2 table {i} at 0x{l2:x} overlaps other metadata at 0x{m:x}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Lists the backing chain of `path` (top first) without opening it through
 /// imago: resolves names, formats, and refuses loops and missing files.
 pub fn backing_chain(path: &Path, format: ImageFormat) -> Result<Vec<ChainLayer>> {
@@ -166,7 +243,7 @@ pub fn backing_chain(path: &Path, format: ImageFormat) -> Result<Vec<ChainLayer>
     while fmt == ImageFormat::Qcow2 {
         let h = QcowHeader::read_path(&cur).map_err(|e| BlockError::Unsupported {
             path: cur.clone(),
-            msg: e.to_string(),
+            msg: e.detail(),
         })?;
         let Some(name) = h.backing_file else { break };
         let next = resolve_backing(&cur, &name);
