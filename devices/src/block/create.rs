@@ -14,6 +14,7 @@ use imago::qcow2::Qcow2;
 use imago::{DenyImplicitOpenGate, FormatAccess, FormatDriverBuilder, StorageOpenOptions};
 
 use super::header::{QcowHeader, COMPAT_LAZY_REFCOUNTS, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS};
+use super::lock::{ImageLock, LockMode};
 use super::raw::pwrite_all;
 use super::{BlockError, ImageFormat};
 
@@ -120,6 +121,21 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> CreateError + '_ {
     }
 }
 
+/// Opens (creating) `path` for a new image: takes the write locks first, so an
+/// image in use by QEMU or another ivmm is never truncated, then empties it.
+pub(crate) fn open_new(path: &Path) -> std::result::Result<(File, ImageLock), CreateError> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io_err(path))?;
+    let lock = ImageLock::acquire(&f, path, LockMode::ReadWrite)?;
+    f.set_len(0).map_err(io_err(path))?;
+    Ok((f, lock))
+}
+
 /// Creates (or truncates) a raw image of `size` bytes.
 pub fn create_raw(
     path: &Path,
@@ -131,13 +147,7 @@ pub fn create_raw(
             "preallocation=metadata is not supported for raw".into(),
         ));
     }
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .map_err(io_err(path))?;
+    let (f, _lock) = open_new(path)?;
     f.set_len(size).map_err(io_err(path))?;
     match prealloc {
         Prealloc::Off | Prealloc::Metadata => {}
@@ -261,13 +271,7 @@ pub fn write_empty_qcow2(path: &Path, opts: &Qcow2Options) -> std::result::Resul
     for i in 0..3 {
         set_refcount(&mut bytes[rb..rb + cs as usize], i, opts.refcount_bits, 1);
     }
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .map_err(io_err(path))?;
+    let (f, _lock) = open_new(path)?;
     pwrite_all(&f, bytes.as_ptr(), bytes.len(), 0).map_err(io_err(path))?;
     f.sync_all().map_err(io_err(path))
 }

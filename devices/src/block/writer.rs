@@ -51,6 +51,7 @@ pub struct Qcow2StreamWriter {
     next: u64,
     /// References per host cluster.
     refs: Vec<u64>,
+    _lock: super::lock::ImageLock,
 }
 
 /// Compresses one cluster with raw deflate (QEMU's qcow2 zlib format).
@@ -68,16 +69,10 @@ impl Qcow2StreamWriter {
             path: path.to_path_buf(),
             msg: e.to_string(),
         })?;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .map_err(|source| WriterError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let (file, lock) = super::create::open_new(path).map_err(|e| WriterError::Invalid {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
         let cs = opts.cluster_size;
         let l2_entries = cs / 8;
         let l1_size = opts.size.div_ceil(cs * l2_entries);
@@ -90,6 +85,7 @@ impl Qcow2StreamWriter {
             l2: vec![None; l1_size as usize],
             next: cs, // cluster 0 is the header
             refs: vec![1],
+            _lock: lock,
         })
     }
 

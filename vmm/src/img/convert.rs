@@ -71,6 +71,7 @@ pub(super) fn convert(a: ConvertArgs) -> anyhow::Result<i32> {
         bail!("could not create '{}': is a directory", a.dst.display());
     }
     let src = open(&a.src, opt_format(&a.format)?, false, a.force_share)?;
+    let existed = a.dst.exists();
     let size = src.size();
     let mut progress = Progress::new(a.progress && !a.quiet);
     match out_format {
@@ -111,7 +112,10 @@ pub(super) fn convert(a: ConvertArgs) -> anyhow::Result<i32> {
                 &mut progress,
             );
             if let Err(e) = res {
-                let _ = std::fs::remove_file(&a.dst);
+                // Never delete a file we did not create (it may be in use).
+                if !existed {
+                    let _ = std::fs::remove_file(&a.dst);
+                }
                 return Err(e);
             }
         }

@@ -309,8 +309,12 @@ fn create(a: CreateArgs) -> anyhow::Result<i32> {
                     if q.version == 2 { "0.10" } else { "1.1" }
                 );
             }
+            let existed = a.file.exists();
             if let Err(e) = create_qcow2(&a.file, &q) {
-                let _ = std::fs::remove_file(&a.file);
+                // Never delete a file we did not create (it may be in use).
+                if !existed {
+                    let _ = std::fs::remove_file(&a.file);
+                }
                 return Err(e.into());
             }
         }
