@@ -2,6 +2,7 @@
 //! vm-memory traits and raise interrupts through [`Interrupt`], so every model
 //! here runs in unit tests without `/dev/kvm`.
 
+pub mod block;
 pub mod bus;
 pub mod legacy;
 pub mod pci;

@@ -12,7 +12,6 @@ use super::{VmControl, VmRequest};
 use crate::{BusDevice, Interrupt};
 
 const SLEEP_CONTROL: u64 = 0;
-const SLEEP_STATUS: u64 = 1;
 const RESET: u64 = 2;
 const GED_SELECTOR: u64 = 4;
 /// Number of ports this device spans.

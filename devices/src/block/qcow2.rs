@@ -1,0 +1,689 @@
+//! qcow2 backend on top of imago, with the backing chain opened by us (paths
+//! resolved relative to the overlay like QEMU, loops refused, formats checked)
+//! and QEMU-compatible locks on every file of the chain.
+
+use std::collections::HashSet;
+use std::fs::File as StdFile;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
+
+use imago::file::File as ImagoFile;
+use imago::io_buffers::{IoVector, IoVectorMut};
+use imago::qcow2::Qcow2;
+use imago::raw::Raw;
+use imago::{
+    DenyImplicitOpenGate, FormatAccess, FormatDriverBuilder, ShallowMapping, StorageOpenOptions,
+};
+use vm_memory::VolatileSlice;
+
+use super::header::{refusal_reason, validate_tables, QcowHeader};
+use super::lock::{ImageLock, LockMode};
+use super::raw::pread_all;
+use super::{
+    check_range, probe_format, sg_len, BlockError, DiskBackend, ImageFormat, OpenOptions, Result,
+};
+
+/// Deepest backing chain we open (QEMU has no fixed limit; this bounds
+/// recursion on crafted chains).
+pub const MAX_CHAIN_DEPTH: usize = 64;
+
+type Access = FormatAccess<ImagoFile>;
+
+/// One layer of a resolved backing chain.
+#[derive(Debug, Clone)]
+pub struct ChainLayer {
+    pub path: PathBuf,
+    pub format: ImageFormat,
+}
+
+/// Allocation status of a range in the top image only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopStatus {
+    /// Data stored in this image (plain or compressed).
+    Data,
+    /// Explicitly zero in this image.
+    Zero,
+    /// Not allocated here: the backing file (or zeroes) shows through.
+    Unallocated,
+}
+
+/// A qcow2 image (with its backing chain) opened through imago.
+#[derive(Debug)]
+pub struct Qcow2Disk {
+    access: RwLock<Access>,
+    path: PathBuf,
+    size: AtomicU64,
+    read_only: bool,
+    header: QcowHeader,
+    _locks: Vec<ImageLock>,
+}
+
+/// Resolves a backing file name as QEMU does: relative names are relative to
+/// the directory of the overlay (not the current directory).
+pub fn resolve_backing(overlay: &Path, backing: &str) -> PathBuf {
+    let b = Path::new(backing);
+    if b.is_absolute() {
+        return b.to_path_buf();
+    }
+    match overlay.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(b),
+        _ => b.to_path_buf(),
+    }
+}
+
+fn open_err(path: &Path, source: std::io::Error) -> BlockError {
+    BlockError::Open {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Maps an imago open error to a clear block error.
+fn imago_open_err(path: &Path, e: std::io::Error) -> BlockError {
+    match e.kind() {
+        ErrorKind::InvalidData
+        | ErrorKind::Unsupported
+        | ErrorKind::InvalidInput
+        | ErrorKind::Other => BlockError::Unsupported {
+            path: path.to_path_buf(),
+            msg: format!("cannot open image: {e}"),
+        },
+        _ => open_err(path, e),
+    }
+}
+
+fn lock_mode(writable: bool, force_share: bool) -> LockMode {
+    match (writable, force_share) {
+        (true, _) => LockMode::ReadWrite,
+        (false, false) => LockMode::ReadOnly,
+        (false, true) => LockMode::ForceShare,
+    }
+}
+
+/// Opens a file (not a directory), locks it and wraps it as imago storage.
+fn open_storage(
+    path: &Path,
+    writable: bool,
+    force_share: bool,
+) -> Result<(ImagoFile, StdFile, ImageLock)> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .open(path)
+        .map_err(|e| open_err(path, e))?;
+    let meta = file.metadata().map_err(|e| open_err(path, e))?;
+    if meta.is_dir() {
+        return Err(BlockError::Unsupported {
+            path: path.to_path_buf(),
+            msg: "is a directory".into(),
+        });
+    }
+    let lock = ImageLock::acquire(&file, path, lock_mode(writable, force_share))?;
+    let dup = file.try_clone().map_err(|e| open_err(path, e))?;
+    let opts = StorageOpenOptions::new().write(writable).filename(path);
+    let storage = ImagoFile::from_open_file(file, opts).map_err(|e| open_err(path, e))?;
+    Ok((storage, dup, lock))
+}
+
+/// Reads and vets the qcow2 header: refuses what imago cannot handle with a
+/// message saying what the image has and what to do.
+pub fn vet_header(file: &StdFile, path: &Path) -> Result<QcowHeader> {
+    let h = QcowHeader::read(file, path).map_err(|e| BlockError::Unsupported {
+        path: path.to_path_buf(),
+        msg: e.detail(),
+    })?;
+    validate_tables(&h).map_err(|msg| BlockError::NeedsRepair {
+        path: path.to_path_buf(),
+        msg,
+    })?;
+    validate_pointers(file, path, &h)?;
+    if let Some((msg, repairable)) = refusal_reason(&h) {
+        return Err(if repairable {
+            BlockError::NeedsRepair {
+                path: path.to_path_buf(),
+                msg,
+            }
+        } else {
+            BlockError::Unsupported {
+                path: path.to_path_buf(),
+                msg,
+            }
+        });
+    }
+    Ok(h)
+}
+
+/// Cheap pointer sanity on open (L1 and refcount-table entries only: a few
+/// KiB to read): every L2 table and refcount block must be cluster aligned,
+/// free of reserved bits and inside the file, so imago never follows a
+/// pointer out of the image. Deeper damage is `ivmm img check`'s job.
+fn validate_pointers(file: &StdFile, path: &Path, h: &QcowHeader) -> Result<()> {
+    let cs = h.cluster_size();
+    let file_len = file.metadata().map_err(|e| open_err(path, e))?.len();
+    let bad = |msg: String| BlockError::NeedsRepair {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let tables = [
+        (
+            h.l1_table_offset,
+            u64::from(h.l1_size) * 8,
+            0x7f00_0000_0000_01ffu64,
+            "L1 table",
+        ),
+        (
+            h.refcount_table_offset,
+            u64::from(h.refcount_table_clusters) * cs,
+            0x1ff,
+            "refcount table",
+        ),
+    ];
+    // Metadata clusters L2 tables must not overlap: header, L1, refcount table/blocks.
+    let mut meta: Vec<(u64, u64)> = vec![(0, cs)];
+    let mut l2s = Vec::new();
+    for (n, (off, len, reserved, what)) in tables.into_iter().enumerate() {
+        if len == 0 {
+            continue;
+        }
+        let in_file =
+            matches!(off.checked_add(len), Some(end) if end <= file_len.next_multiple_of(cs));
+        if !in_file {
+            return Err(bad(format!(
+                "{what} at 0x{off:x} extends beyond the end of the file"
+            )));
+        }
+        meta.push((off, len));
+        let mut buf = vec![0u8; len as usize];
+        pread_all(file, buf.as_mut_ptr(), buf.len(), off).map_err(|e| open_err(path, e))?;
+        for (i, chunk) in buf.chunks_exact(8).enumerate() {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(chunk);
+            let e = u64::from_be_bytes(a);
+            let target = e & 0x00ff_ffff_ffff_fe00;
+            if e & reserved != 0 || target & (cs - 1) != 0 {
+                return Err(bad(format!("{what} entry {i} (0x{e:x}) is invalid")));
+            }
+            if target != 0 && target >= file_len {
+                return Err(bad(format!(
+                    "{what} entry {i} points beyond the end of the file (0x{target:x})"
+                )));
+            }
+            if target != 0 {
+                if n == 0 {
+                    l2s.push((i, target));
+                } else {
+                    meta.push((target, cs));
+                }
+            }
+        }
+    }
+    for (i, l2) in l2s {
+        if let Some((m, _)) = meta.iter().find(|(m, len)| l2 >= *m && l2 < m + len) {
+            return Err(bad(format!(
+                "L2 table {i} at 0x{l2:x} overlaps other metadata at 0x{m:x}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Lists the backing chain of `path` (top first) without opening it through
+/// imago: resolves names, formats, and refuses loops and missing files.
+pub fn backing_chain(path: &Path, format: ImageFormat) -> Result<Vec<ChainLayer>> {
+    let mut chain = vec![ChainLayer {
+        path: path.to_path_buf(),
+        format,
+    }];
+    let mut seen = HashSet::new();
+    seen.insert(std::fs::canonicalize(path).map_err(|e| open_err(path, e))?);
+    let mut cur = path.to_path_buf();
+    let mut fmt = format;
+    while fmt == ImageFormat::Qcow2 {
+        let h = QcowHeader::read_path(&cur).map_err(|e| BlockError::Unsupported {
+            path: cur.clone(),
+            msg: e.detail(),
+        })?;
+        let Some(name) = h.backing_file else { break };
+        let next = resolve_backing(&cur, &name);
+        let canon = std::fs::canonicalize(&next).map_err(|e| BlockError::Backing {
+            path: cur.clone(),
+            msg: format!("cannot open backing file '{}': {e}", next.display()),
+        })?;
+        if !seen.insert(canon) {
+            return Err(BlockError::Backing {
+                path: cur.clone(),
+                msg: format!(
+                    "backing file '{}' loops back into the chain",
+                    next.display()
+                ),
+            });
+        }
+        if chain.len() >= MAX_CHAIN_DEPTH {
+            return Err(BlockError::Backing {
+                path: path.to_path_buf(),
+                msg: format!("chain deeper than {MAX_CHAIN_DEPTH} images"),
+            });
+        }
+        fmt = match h.backing_format.as_deref() {
+            Some(f) => f
+                .parse()
+                .map_err(|e: super::UnknownFormat| BlockError::Backing {
+                    path: cur.clone(),
+                    msg: e.to_string(),
+                })?,
+            None => probe_format(&next)?,
+        };
+        chain.push(ChainLayer {
+            path: next.clone(),
+            format: fmt,
+        });
+        cur = next;
+    }
+    Ok(chain)
+}
+
+impl Qcow2Disk {
+    /// Opens a qcow2 image and (if `opts.open_backing`) its backing chain
+    /// read-only.
+    pub fn open(path: &Path, opts: &OpenOptions) -> Result<Qcow2Disk> {
+        let chain = if opts.open_backing {
+            backing_chain(path, ImageFormat::Qcow2)?
+        } else {
+            vec![ChainLayer {
+                path: path.to_path_buf(),
+                format: ImageFormat::Qcow2,
+            }]
+        };
+        let mut locks = Vec::new();
+        // Open bottom-up so each layer gets its backing.
+        let mut backing: Option<Access> = None;
+        let mut top_header = None;
+        for (i, layer) in chain.iter().enumerate().rev() {
+            let top = i == 0;
+            let writable = top && opts.writable;
+            let (storage, std_file, lock) = open_storage(&layer.path, writable, opts.force_share)?;
+            locks.push(lock);
+            let access = match layer.format {
+                ImageFormat::Raw => {
+                    let raw = Raw::builder(storage)
+                        .write(writable)
+                        .open(DenyImplicitOpenGate::default())
+                        .map_err(|e| imago_open_err(&layer.path, e))?;
+                    FormatAccess::new(raw)
+                }
+                ImageFormat::Qcow2 => {
+                    let header = vet_header(&std_file, &layer.path)?;
+                    let q = Qcow2::<ImagoFile>::builder(storage)
+                        .write(writable)
+                        .backing(backing.take())
+                        .open(DenyImplicitOpenGate::default())
+                        .map_err(|e| imago_open_err(&layer.path, e))?;
+                    if top {
+                        top_header = Some(header);
+                    }
+                    FormatAccess::new(q)
+                }
+            };
+            backing = Some(access);
+        }
+        let (Some(access), Some(header)) = (backing, top_header) else {
+            return Err(BlockError::Unsupported {
+                path: path.to_path_buf(),
+                msg: "not a qcow2 image".into(),
+            });
+        };
+        Ok(Qcow2Disk {
+            size: AtomicU64::new(access.size()),
+            access: RwLock::new(access),
+            path: path.to_path_buf(),
+            read_only: !opts.writable,
+            header,
+            _locks: locks,
+        })
+    }
+
+    /// The header as read at open time.
+    pub fn header(&self) -> &QcowHeader {
+        &self.header
+    }
+
+    fn io_err(&self, op: &'static str, source: std::io::Error) -> BlockError {
+        BlockError::Io {
+            path: self.path.clone(),
+            op,
+            source,
+        }
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.read_only {
+            return Err(BlockError::ReadOnly {
+                path: self.path.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn access(&self) -> std::sync::RwLockReadGuard<'_, Access> {
+        // A poisoned lock only means another thread panicked mid-request;
+        // imago's own state stays consistent, so keep serving.
+        self.access.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn access_mut(&self) -> std::sync::RwLockWriteGuard<'_, Access> {
+        self.access.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_zero_buffers(&self, access: &Access, mut offset: u64, len: u64) -> Result<()> {
+        let zeroes = vec![0u8; 1 << 20];
+        let end = offset + len;
+        while offset < end {
+            let n = ((end - offset) as usize).min(zeroes.len());
+            access
+                .write(&zeroes[..n], offset)
+                .map_err(|e| self.io_err("write zeroes", e))?;
+            offset += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Whether `[offset, offset+len)` is allocated in this image (not in the
+    /// backing chain), and for how long that holds.
+    pub fn allocated_in_top(&self, offset: u64, max_len: u64) -> Result<(bool, u64)> {
+        let (s, len) = self.top_status(offset, max_len)?;
+        Ok((s != TopStatus::Unallocated, len))
+    }
+
+    /// Allocation status of `offset` in this image alone.
+    pub fn top_status(&self, offset: u64, max_len: u64) -> Result<(TopStatus, u64)> {
+        let access = self.access();
+        let (m, len) = access
+            .get_shallow_mapping(offset, max_len)
+            .map_err(|e| self.io_err("map", e))?;
+        let s = match m {
+            ShallowMapping::Indirect { .. } => TopStatus::Unallocated,
+            ShallowMapping::Zero {
+                explicit: false, ..
+            } => TopStatus::Unallocated,
+            ShallowMapping::Zero { explicit: true, .. } => TopStatus::Zero,
+            ShallowMapping::Eof { .. } => TopStatus::Unallocated,
+            _ => TopStatus::Data,
+        };
+        Ok((s, len.max(1).min(max_len)))
+    }
+
+    /// Drops every allocation of this image so the backing file shows through
+    /// (what `qemu-img commit` does to the overlay afterwards).
+    pub fn make_empty(&self) -> Result<()> {
+        self.check_writable()?;
+        let mut access = self.access_mut();
+        let size = access.size();
+        access
+            .discard_to_backing(0, size)
+            .map_err(|e| self.io_err("discard", e))?;
+        access.flush().map_err(|e| self.io_err("flush", e))?;
+        access.sync().map_err(|e| self.io_err("flush", e))
+    }
+
+    /// Grows or shrinks the virtual disk.
+    pub fn resize(&self, new_size: u64) -> Result<()> {
+        self.check_writable()?;
+        let mut access = self.access_mut();
+        access
+            .resize(new_size, imago::format::PreallocateMode::None)
+            .map_err(|e| self.io_err("resize", e))?;
+        access.flush().map_err(|e| self.io_err("flush", e))?;
+        self.size.store(access.size(), Ordering::Release);
+        Ok(())
+    }
+
+    /// Preallocates `[0, size)` as data clusters (metadata or full).
+    pub fn preallocate(&self, full: bool) -> Result<()> {
+        self.check_writable()?;
+        let access = self.access();
+        let size = access.size();
+        let mut off = 0;
+        while off < size {
+            let (_, _, len) = access
+                .ensure_data_mapping(off, size - off, false)
+                .map_err(|e| self.io_err("preallocate", e))?;
+            if len == 0 {
+                break;
+            }
+            if full {
+                // Data clusters of a new image are zero-filled on allocation by imago's
+                // COW of an unallocated range; write zeroes explicitly for "full".
+                self.write_zero_buffers(&access, off, len)?;
+            }
+            off += len;
+        }
+        access.flush().map_err(|e| self.io_err("flush", e))
+    }
+}
+
+impl DiskBackend for Qcow2Disk {
+    fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn read_vectored(&self, offset: u64, bufs: &[VolatileSlice<'_>]) -> Result<()> {
+        check_range(offset, sg_len(bufs), self.size())?;
+        let (iov, _guard) = IoVectorMut::from_volatile_slice(bufs.iter());
+        self.access()
+            .readv(iov, offset)
+            .map_err(|e| self.io_err("read", e))
+    }
+
+    fn write_vectored(&self, offset: u64, bufs: &[VolatileSlice<'_>]) -> Result<()> {
+        self.check_writable()?;
+        check_range(offset, sg_len(bufs), self.size())?;
+        let (iov, _guard) = IoVector::from_volatile_slice(bufs.iter());
+        self.access()
+            .writev(iov, offset)
+            .map_err(|e| self.io_err("write", e))
+    }
+
+    fn flush(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        let access = self.access();
+        access.flush().map_err(|e| self.io_err("flush", e))?;
+        access.sync().map_err(|e| self.io_err("flush", e))
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.check_writable()?;
+        check_range(offset, len, self.size())?;
+        let mut access = self.access_mut();
+        match access.discard_to_zero(offset, len) {
+            Ok(()) => Ok(()),
+            // qcow2 v2 has no zero clusters: write zeroes instead.
+            Err(e) if e.kind() == ErrorKind::Unsupported => {
+                self.write_zero_buffers(&access, offset, len)
+            }
+            Err(e) => Err(self.io_err("discard", e)),
+        }
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        self.check_writable()?;
+        check_range(offset, len, self.size())?;
+        let access = self.access();
+        match access.write_zeroes(offset, len) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::Unsupported => {
+                self.write_zero_buffers(&access, offset, len)
+            }
+            Err(e) => Err(self.io_err("write zeroes", e)),
+        }
+    }
+
+    fn block_status(&self, offset: u64, max_len: u64) -> Result<(bool, u64)> {
+        let access = self.access();
+        let (m, len) = access
+            .get_mapping(offset, max_len)
+            .map_err(|e| self.io_err("map", e))?;
+        let len = len.min(max_len);
+        Ok(match m {
+            imago::Mapping::Zero { .. } => (false, len.max(1)),
+            imago::Mapping::Eof { .. } => (false, max_len),
+            _ => (true, len.max(1)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::check::{check_qcow2, Repair};
+    use crate::block::create::{create_qcow2, create_raw, Prealloc, Qcow2Options};
+
+    fn rw() -> OpenOptions {
+        OpenOptions {
+            format: Some(ImageFormat::Qcow2),
+            writable: true,
+            ..Default::default()
+        }
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    #[test]
+    fn create_write_read_check_every_cluster_size() {
+        let dir = tempfile::tempdir().unwrap();
+        for (cs, version, bits) in [
+            (512u64, 3u32, 1u32),
+            (4096, 2, 16),
+            (65536, 3, 64),
+            (2 << 20, 3, 16),
+        ] {
+            let p = dir.path().join(format!("t{cs}.qcow2"));
+            let opts = Qcow2Options {
+                size: 8 << 20,
+                cluster_size: cs,
+                version,
+                refcount_bits: bits,
+                ..Default::default()
+            };
+            create_qcow2(&p, &opts).unwrap();
+            {
+                let d = Qcow2Disk::open(&p, &rw()).unwrap();
+                d.write_at(1000, &pattern(100_000, 3)).unwrap();
+                d.write_zeroes(4096, 8192).unwrap();
+                d.discard(200_000, 70_000).unwrap();
+                d.flush().unwrap();
+                let mut out = vec![0u8; 100_000];
+                d.read_at(1000, &mut out).unwrap();
+                let mut want = pattern(100_000, 3);
+                want[3096..11288].fill(0);
+                assert_eq!(out, want, "cluster size {cs}");
+            }
+            let r = check_qcow2(&p, Repair::None).unwrap();
+            assert_eq!(
+                (r.corruptions, r.leaks),
+                (0, 0),
+                "cluster size {cs}: {:?}",
+                r.messages
+            );
+        }
+    }
+
+    #[test]
+    fn backing_chain_reads_through_and_is_resolved_relative_to_overlay() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.raw");
+        create_raw(&base, 1 << 20, Prealloc::Off).unwrap();
+        std::fs::write(&base, pattern(1 << 20, 9)).unwrap();
+        let top = dir.path().join("top.qcow2");
+        create_qcow2(
+            &top,
+            &Qcow2Options {
+                size: 1 << 20,
+                backing: Some(("base.raw".into(), ImageFormat::Raw)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let d = Qcow2Disk::open(&top, &rw()).unwrap();
+        d.write_at(70_000, &[1u8; 10]).unwrap();
+        let mut out = vec![0u8; 1 << 20];
+        d.read_at(0, &mut out).unwrap();
+        let mut want = pattern(1 << 20, 9);
+        want[70_000..70_010].fill(1);
+        assert_eq!(out, want);
+        let (alloc, _) = d.allocated_in_top(0, 65536).unwrap();
+        assert!(!alloc);
+    }
+
+    #[test]
+    fn backing_loop_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("loop.qcow2");
+        create_qcow2(
+            &p,
+            &Qcow2Options {
+                size: 1 << 20,
+                backing: Some(("loop.qcow2".into(), ImageFormat::Qcow2)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let err = Qcow2Disk::open(&p, &rw()).unwrap_err();
+        assert!(err.to_string().contains("loops"), "{err}");
+    }
+
+    #[test]
+    fn dirty_image_is_refused_with_repair_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("dirty.qcow2");
+        create_qcow2(
+            &p,
+            &Qcow2Options {
+                size: 1 << 20,
+                lazy_refcounts: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes[79] |= 1; // incompatible_features bit 0
+        std::fs::write(&p, &bytes).unwrap();
+        let err = Qcow2Disk::open(&p, &rw()).unwrap_err();
+        assert!(err.to_string().contains("ivmm img check -r all"), "{err}");
+        check_qcow2(&p, Repair::All).unwrap();
+        Qcow2Disk::open(&p, &rw()).unwrap();
+    }
+
+    #[test]
+    fn leaked_cluster_is_found_and_repaired() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("leak.qcow2");
+        create_qcow2(
+            &p,
+            &Qcow2Options {
+                size: 1 << 20,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        // Refcount block is at cluster 2 (16-bit entries): mark cluster 10 used, grow file.
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.set_len(11 * 65536).unwrap();
+        crate::block::raw::pwrite_all(&f, [0u8, 1].as_ptr(), 2, 2 * 65536 + 20).unwrap();
+        let r = check_qcow2(&p, Repair::None).unwrap();
+        assert_eq!((r.leaks, r.corruptions, r.exit_code()), (1, 0, 3));
+        let r = check_qcow2(&p, Repair::Leaks).unwrap();
+        assert_eq!((r.leaks, r.leaks_fixed, r.exit_code()), (0, 1, 0));
+    }
+}
