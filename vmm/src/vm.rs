@@ -332,7 +332,8 @@ fn load_guest(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<EntryPoint, Vm
     Ok(kernel.entry)
 }
 
-/// Devices, guest image and configured vCPUs: everything but KVM memslots.
+/// In-kernel IRQ chip and PIT, devices, guest image and configured vCPUs:
+/// everything but the memslots.
 fn build_machine(
     kvm: &Kvm,
     vm: &VmFd,
@@ -340,6 +341,15 @@ fn build_machine(
     config: &VmConfig,
     control: &Arc<StopControl>,
 ) -> Result<(Platform, Vec<VcpuFd>), VmError> {
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(kvm_err("setting the TSS address"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("creating the IRQ chip"))?;
+    vm.create_pit2(kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    })
+    .map_err(kvm_err("creating the PIT"))?;
     let platform = create_platform(vm, config, control)?;
     let entry = load_guest(mem, config)?;
     let supported = kvm
@@ -362,15 +372,6 @@ fn build_machine(
 /// it ended. `console_escape` enables the Ctrl-A escape on stdin.
 pub fn run(kvm: &Kvm, config: &VmConfig, console_escape: bool) -> Result<ExitReason, VmError> {
     let vm = kvm.create_vm().map_err(kvm_err("creating the VM"))?;
-    vm.set_tss_address(KVM_TSS_ADDRESS)
-        .map_err(kvm_err("setting the TSS address"))?;
-    vm.create_irq_chip()
-        .map_err(kvm_err("creating the IRQ chip"))?;
-    vm.create_pit2(kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
-    })
-    .map_err(kvm_err("creating the PIT"))?;
     let mem = allocate_memory(config.mem_bytes)?;
     let control = Arc::new(StopControl::new()?);
     let (platform, vcpu_fds) = std::thread::scope(|scope| {
