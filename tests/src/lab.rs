@@ -19,6 +19,8 @@ use crate::runner::{self, Framing, RunSpec, StdinStep, Trigger, MARK_RUN_EXIT, M
 /// Default timeout of a nested run: a whole L2 boot takes 9–17 s on 2 shared cores (LAB.md);
 /// this leaves room for a busy machine without a hung VMM costing many minutes.
 pub const NESTED_TIMEOUT: Duration = Duration::from_secs(150);
+/// How long ivmm may keep running after the guest kernel said it stopped.
+pub const GUEST_END_GRACE: Duration = Duration::from_secs(20);
 /// Default timeout of a direct run.
 pub const DIRECT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -72,6 +74,7 @@ pub struct RunOptions {
     files: Vec<(String, Vec<u8>, u32)>,
     host_files: Vec<(PathBuf, bool)>,
     disks: Vec<PathBuf>,
+    keep_running_after_guest_end: bool,
 }
 
 impl RunOptions {
@@ -123,6 +126,18 @@ impl RunOptions {
     pub fn host_binary(mut self, path: impl Into<PathBuf>) -> Self {
         self.host_files.push((path.into(), true));
         self
+    }
+
+    /// Do not fail a run whose ivmm keeps running more than [`GUEST_END_GRACE`] after the
+    /// guest kernel printed that it halted, powered off or restarted (e.g. `--on-reboot
+    /// restart` tests).
+    pub fn keep_running_after_guest_end(mut self) -> Self {
+        self.keep_running_after_guest_end = true;
+        self
+    }
+
+    fn guest_end_grace(&self) -> Option<Duration> {
+        (!self.keep_running_after_guest_end).then_some(GUEST_END_GRACE)
     }
 
     /// Attaches a raw disk image: `{disk0}`, `{disk1}`, … in arguments (Nested: a virtio disk
@@ -398,6 +413,7 @@ impl Lab {
             stdin: &opts.stdin,
             passthrough: false,
             merge_stderr: true,
+            guest_end_grace: opts.guest_end_grace(),
         };
         let raw = runner::run(cmd, job.name(), &spec)?;
         let chunks: Vec<(usize, Duration)> = raw
@@ -547,6 +563,7 @@ impl Lab {
             stdin: &opts.stdin,
             passthrough: interactive,
             merge_stderr: false,
+            guest_end_grace: opts.guest_end_grace(),
         };
         let raw = runner::run(cmd, "qemu-system-x86_64 (L1)", &spec)?;
         nested_outcome(&raw)
