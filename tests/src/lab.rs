@@ -278,8 +278,9 @@ impl Lab {
     }
 
     /// Runs a shell script (busybox sh in L1; `sh` on the host in Direct mode) where ivmm would
-    /// run, in `{files}`, with the same placeholders as [`Lab::run_ivmm`]; `ivmm_exit` of the
-    /// outcome is the script's exit status.
+    /// run, in `{files}`, with the same placeholders as [`Lab::run_ivmm`] plus `{ivmm}` (the
+    /// binary, brought into L1 when the script names it: e.g. to signal a running ivmm);
+    /// `ivmm_exit` of the outcome is the script's exit status.
     pub fn run_shell(&self, script: &str, opts: RunOptions) -> Result<LabOutcome> {
         self.run(Job::Shell(script.to_string()), &opts, false)
     }
@@ -350,12 +351,19 @@ impl Lab {
                 ),
                 ("initrd".into(), self.fixtures.initrd.display().to_string()),
                 ("files".into(), files_dir.display().to_string()),
+                (
+                    "ivmm".into(),
+                    self.ivmm_binary()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|_| "{ivmm}".into()),
+                ),
             ],
             Mode::Nested => vec![
                 ("bzimage".into(), L1_BZIMAGE.into()),
                 ("vmlinux".into(), L1_VMLINUX.into()),
                 ("initrd".into(), L1_INITRD.into()),
                 ("files".into(), L1_FILES.into()),
+                ("ivmm".into(), L1_IVMM.into()),
             ],
         };
         for (i, disk) in opts.disks.iter().enumerate() {
@@ -389,6 +397,9 @@ impl Lab {
                 cmd
             }
             Job::Shell(script) => {
+                if script.contains("{ivmm}") {
+                    self.ivmm_binary()?;
+                }
                 let mut cmd = Command::new("sh");
                 cmd.arg("-c").arg(expand(script, &map)?);
                 cmd
@@ -431,6 +442,16 @@ impl Lab {
         })
     }
 
+    /// Puts the ivmm binary at [`L1_IVMM`] and its shared libraries at their host paths.
+    fn add_ivmm(&self, cpio: &mut CpioWriter) -> Result<()> {
+        let ivmm = self.ivmm_binary()?;
+        add_host_file(cpio, &ivmm, Some(L1_IVMM))?;
+        for lib in host::shared_libs(&ivmm)? {
+            add_host_file(cpio, &lib, None)?;
+        }
+        Ok(())
+    }
+
     /// The per-run cpio: `/lab/run.sh`, the job, its files, and host files/binaries.
     fn run_cpio(&self, job: &Job, opts: &RunOptions) -> Result<Vec<u8>> {
         let mut cpio = CpioWriter::new();
@@ -438,11 +459,7 @@ impl Lab {
         let map = self.placeholders(opts, Path::new(L1_FILES));
         let command = match job {
             Job::Ivmm(args) => {
-                let ivmm = self.ivmm_binary()?;
-                add_host_file(&mut cpio, &ivmm, Some(L1_IVMM))?;
-                for lib in host::shared_libs(&ivmm)? {
-                    add_host_file(&mut cpio, &lib, None)?;
-                }
+                self.add_ivmm(&mut cpio)?;
                 let mut words = vec![L1_IVMM.to_string()];
                 for arg in args {
                     words.push(shell_quote(&expand(arg, &map)?));
@@ -450,6 +467,9 @@ impl Lab {
                 words.join(" ")
             }
             Job::Shell(script) => {
+                if script.contains("{ivmm}") {
+                    self.add_ivmm(&mut cpio)?;
+                }
                 let script = expand(script, &map)?;
                 cpio.file("/lab/script.sh", 0o755, script.as_bytes());
                 "sh /lab/script.sh".to_string()
