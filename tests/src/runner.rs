@@ -345,15 +345,19 @@ impl State<'_> {
         if self.spec.passthrough && !self.passthrough_done {
             if let Some(from) = self.console_from {
                 let from = from.max(old_len);
-                // Stop at the end-of-run marker: what follows is L1 shutting down.
-                let exit_marker = format!("\n{MARK_RUN_EXIT}");
-                let end = match find(&self.out[from..], exit_marker.as_bytes()) {
+                // Stop at the end-of-run marker: what follows is L1 shutting down. The marker
+                // may have started in an earlier read.
+                let look = from
+                    .saturating_sub(MAX_MARKER_LEN)
+                    .max(self.console_from.unwrap_or(0));
+                let end = match find(&self.out[look..], MARK_RUN_EXIT.as_bytes()) {
                     Some(pos) => {
                         self.passthrough_done = true;
-                        from + pos + 1
+                        look + pos
                     }
                     None => self.out.len(),
                 };
+                let end = end.max(from);
                 let mut stdout = std::io::stdout().lock();
                 let _ = stdout.write_all(&self.out[from..end]);
                 let _ = stdout.flush();
