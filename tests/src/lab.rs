@@ -322,15 +322,11 @@ impl Lab {
             return Ok(exit_code(status));
         }
         let opts = RunOptions::default();
-        let outcome = self.run_inner(job, &opts, true)?;
+        let outcome = self.run(job, &opts, true)?;
         Ok(outcome.ivmm_exit)
     }
 
-    fn run(&self, job: Job, opts: &RunOptions, passthrough: bool) -> Result<LabOutcome> {
-        self.run_inner(job, opts, passthrough)
-    }
-
-    fn run_inner(&self, job: Job, opts: &RunOptions, interactive: bool) -> Result<LabOutcome> {
+    fn run(&self, job: Job, opts: &RunOptions, interactive: bool) -> Result<LabOutcome> {
         match self.mode {
             Mode::Direct => self.run_direct(&job, opts),
             Mode::Nested => self.run_nested(&job, opts, interactive),
