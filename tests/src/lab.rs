@@ -26,13 +26,16 @@ pub const DIRECT_TIMEOUT: Duration = Duration::from_secs(60);
 
 const SETUP_HINT: &str = "run scripts/setup.sh";
 const FETCH_HINT: &str = "run scripts/fetch-guest.sh";
-/// L1 paths of the L2 artifacts (fixed in the L1 base initramfs).
+/// L1 paths of the L2 artifacts: L1's `/init` mounts the guest disk (`guest.ext4`) on `/guest`.
 const L1_BZIMAGE: &str = "/guest/bzImage";
 const L1_VMLINUX: &str = "/guest/vmlinux";
 const L1_INITRD: &str = "/guest/initrd.img";
 /// Per-run directory in L1; `{files}` is `/lab/files`.
 const L1_FILES: &str = "/lab/files";
 const L1_IVMM: &str = "/lab/bin/ivmm";
+/// Extra disks carry the virtio serial `lab-disk-N`; `run.sh` links `/dev/lab-disk-N` to them
+/// (the guest disk and PCI probing order make `vdX` names unreliable).
+const DISK_SERIAL_PREFIX: &str = "lab-disk-";
 /// L1 kernel command line: `panic=-1` + QEMU's `-no-reboot` turn an L1 panic into a QEMU exit.
 const L1_CMDLINE: &str = "console=ttyS0 panic=-1 quiet rdinit=/init";
 /// L1 memory: L2 guests get a few hundred MiB; the initramfs lives in RAM too.
@@ -63,7 +66,7 @@ struct Fixtures {
     vmlinux: PathBuf,
     initrd: PathBuf,
     l1_base: PathBuf,
-    l1_vmlinux: PathBuf,
+    guest_disk: PathBuf,
 }
 
 /// Options of one run. `RunOptions::default()` uses the mode's default timeout.
@@ -141,7 +144,7 @@ impl RunOptions {
     }
 
     /// Attaches a raw disk image: `{disk0}`, `{disk1}`, … in arguments (Nested: a virtio disk
-    /// of L1, `/dev/vda`, `/dev/vdb`, …; Direct: the image path itself).
+    /// of L1 seen as `/dev/lab-disk-0`, `/dev/lab-disk-1`, …; Direct: the image path itself).
     pub fn disk(mut self, image: impl Into<PathBuf>) -> Self {
         self.disks.push(image.into());
         self
@@ -194,7 +197,7 @@ impl Lab {
             vmlinux: guest.join("vmlinux"),
             initrd: guest.join("initrd.img"),
             l1_base: lab_dir.join("l1-base.cpio"),
-            l1_vmlinux: lab_dir.join("l1-vmlinux.cpio"),
+            guest_disk: lab_dir.join("guest.ext4"),
         };
         let mut needed = vec![
             ("guest kernel (bzImage)", &fixtures.bzimage),
@@ -204,7 +207,7 @@ impl Lab {
         let mut qemu = None;
         if mode == Mode::Nested {
             needed.push(("L1 lab initramfs", &fixtures.l1_base));
-            needed.push(("L1 vmlinux initramfs", &fixtures.l1_vmlinux));
+            needed.push(("L1 guest disk", &fixtures.guest_disk));
             qemu = Some(host::which("qemu-system-x86_64").ok_or(LabError::Missing {
                 what: "qemu-system-x86_64",
                 path: PathBuf::from("$PATH"),
@@ -365,7 +368,7 @@ impl Lab {
         for (i, disk) in opts.disks.iter().enumerate() {
             let value = match self.mode {
                 Mode::Direct => disk.display().to_string(),
-                Mode::Nested => format!("/dev/vd{}", virtio_disk_letter(i)),
+                Mode::Nested => format!("/dev/{DISK_SERIAL_PREFIX}{i}"),
             };
             map.push((format!("disk{i}"), value));
         }
@@ -488,6 +491,10 @@ impl Lab {
             "#!/bin/sh\n\
              # Generated per run by the ivmm test harness.\n\
              stty raw -echo 2>/dev/null\n\
+             for b in /sys/block/vd*; do\n\
+             \x20 s=$(cat \"$b/serial\" 2>/dev/null)\n\
+             \x20 case \"$s\" in {DISK_SERIAL_PREFIX}*) ln -sf \"/dev/${{b##*/}}\" \"/dev/$s\" ;; esac\n\
+             done\n\
              cd {L1_FILES}\n\
              echo {MARK_RUN_START}\n\
              {command}\n\
@@ -506,23 +513,11 @@ impl Lab {
             hint: SETUP_HINT,
         })?;
         let run_cpio = self.run_cpio(job, opts)?;
-        let needs_vmlinux = match job {
-            Job::Ivmm(args) => args.iter().any(|a| a.contains("{vmlinux}")),
-            Job::Shell(script) => script.contains("{vmlinux}") || script.contains(L1_VMLINUX),
-        };
         let tmp = TempDir::new("ivmm-lab")?;
         let initrd = tmp.path().join("l1-initrd.cpio");
-        let mut parts = vec![self.fixtures.l1_base.clone()];
-        if needs_vmlinux {
-            parts.push(self.fixtures.l1_vmlinux.clone());
-        }
-        let mut image = Vec::new();
-        for part in &parts {
-            let data = fs::read(part).map_err(|e| {
-                LabError::io(format!("reading {} ({FETCH_HINT}?)", part.display()), e)
-            })?;
-            image.extend_from_slice(&data);
-        }
+        let base = &self.fixtures.l1_base;
+        let mut image = fs::read(base)
+            .map_err(|e| LabError::io(format!("reading {} ({FETCH_HINT}?)", base.display()), e))?;
         image.extend_from_slice(&run_cpio);
         fs::write(&initrd, &image)
             .map_err(|e| LabError::io(format!("writing {}", initrd.display()), e))?;
@@ -547,7 +542,10 @@ impl Lab {
             .arg("-initrd")
             .arg(&initrd)
             .args(["-append", L1_CMDLINE]);
-        for disk in &opts.disks {
+        let mut guest_disk = std::ffi::OsString::from("if=virtio,format=raw,readonly=on,file=");
+        guest_disk.push(self.fixtures.guest_disk.as_os_str());
+        cmd.arg("-drive").arg(guest_disk);
+        for (i, disk) in opts.disks.iter().enumerate() {
             if !disk.is_file() {
                 return Err(LabError::Missing {
                     what: "disk image",
@@ -555,9 +553,13 @@ impl Lab {
                     hint: "create it before the run",
                 });
             }
-            let mut spec = std::ffi::OsString::from("if=virtio,format=raw,cache=unsafe,file=");
+            let mut spec = std::ffi::OsString::from(format!(
+                "if=none,id=labdisk{i},format=raw,cache=unsafe,file="
+            ));
             spec.push(disk.as_os_str());
-            cmd.arg("-drive").arg(spec);
+            cmd.arg("-drive").arg(spec).arg("-device").arg(format!(
+                "virtio-blk-pci,drive=labdisk{i},serial={DISK_SERIAL_PREFIX}{i}"
+            ));
         }
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd.stdin(if interactive {
@@ -709,11 +711,6 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-fn virtio_disk_letter(index: usize) -> char {
-    // /dev/vda.. /dev/vdz; more disks than that are not a lab use case.
-    char::from(b'a' + u8::try_from(index.min(25)).unwrap_or(25))
-}
-
 fn add_host_file(cpio: &mut CpioWriter, path: &Path, at: Option<&str>) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let data =
@@ -760,14 +757,14 @@ mod tests {
     fn map() -> Vec<(String, String)> {
         vec![
             ("bzimage".into(), "/guest/bzImage".into()),
-            ("disk0".into(), "/dev/vda".into()),
+            ("disk0".into(), "/dev/lab-disk-0".into()),
         ]
     }
 
     #[test]
     fn expand_replaces_placeholders_inside_words() {
         let got = expand("path={bzimage},x={disk0}", &map()).expect("expands");
-        assert_eq!(got, "path=/guest/bzImage,x=/dev/vda");
+        assert_eq!(got, "path=/guest/bzImage,x=/dev/lab-disk-0");
     }
 
     #[test]
