@@ -197,24 +197,20 @@ fn reboot_exits_zero_for_acpi_keyboard_and_triple_fault_resets() {
 #[test]
 fn reboot_restart_boots_the_guest_again() {
     let lab = lab();
-    let ivmm = lab.ivmm_binary().expect("ivmm binary");
     let cmdline = GuestBoot::new()
         .command("echo BOOTED; reboot -f")
         .full_cmdline()
         .expect("cmdline");
     let script = format!(
-        "{ivmm} run --kernel {{bzimage}} --initrd {{initrd}} --on-reboot restart \
+        "{{ivmm}} run --kernel {{bzimage}} --initrd {{initrd}} --on-reboot restart \
            --serial file:boot.log --cmdline '{cmdline}' </dev/null & pid=$!; \
          n=0; while [ $n -lt 900 ]; do \
            c=$(grep -c '^BOOTED' boot.log 2>/dev/null); [ \"${{c:-0}}\" -ge 2 ] && break; \
            sleep 0.2; n=$((n+1)); done; \
          kill -0 $pid && echo STILL-RUNNING; kill -9 $pid; \
          echo BOOTS=$(grep -c '^BOOTED' boot.log)",
-        ivmm = ivmm.display()
     );
-    let opts = RunOptions::new()
-        .host_binary(&ivmm)
-        .timeout(Duration::from_secs(300));
+    let opts = RunOptions::new().timeout(Duration::from_secs(300));
     let out = lab.run_shell(&script, opts).expect("lab run");
     assert!(out.console.contains("STILL-RUNNING"), "{}", explain(&out));
     assert!(out.console.contains("BOOTS=2"), "{}", explain(&out));
@@ -237,20 +233,16 @@ fn guest_panic_is_reported_through_pvpanic() {
 #[test]
 fn sigterm_presses_the_power_button_and_the_guest_powers_off() {
     let lab = lab();
-    let ivmm = lab.ivmm_binary().expect("ivmm binary");
     let cmdline = GuestBoot::new().full_cmdline().expect("cmdline");
     let script = format!(
-        "{ivmm} run --kernel {{bzimage}} --initrd {{initrd}} --serial file:boot.log \
+        "{{ivmm}} run --kernel {{bzimage}} --initrd {{initrd}} --serial file:boot.log \
            --shutdown-timeout 120 --cmdline '{cmdline}' </dev/null 2>err.log & pid=$!; \
          n=0; until grep -q IVMM-GUEST-INIT boot.log 2>/dev/null || [ $n -ge 900 ]; do \
            sleep 0.2; n=$((n+1)); done; sleep 2; \
          kill -TERM $pid; wait $pid; echo IVMM-RC=$?; cat err.log; \
          grep -c 'reboot: Power down' boot.log",
-        ivmm = ivmm.display()
     );
-    let opts = RunOptions::new()
-        .host_binary(&ivmm)
-        .timeout(Duration::from_secs(300));
+    let opts = RunOptions::new().timeout(Duration::from_secs(300));
     let out = lab.run_shell(&script, opts).expect("lab run");
     assert!(out.console.contains("IVMM-RC=0"), "{}", explain(&out));
     assert!(
