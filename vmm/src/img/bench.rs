@@ -138,7 +138,7 @@ pub(super) fn bench(a: BenchArgs) -> anyhow::Result<i32> {
             } else {
                 disk_ref.read_at(off, &mut buf[..len])?;
             }
-            if a.flush_interval > 0 && (i + 1) % a.flush_interval == 0 {
+            if a.flush_interval > 0 && (i + 1).is_multiple_of(a.flush_interval) {
                 disk_ref.flush()?;
             }
         }
