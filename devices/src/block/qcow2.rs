@@ -450,29 +450,6 @@ impl Qcow2Disk {
         self.size.store(access.size(), Ordering::Release);
         Ok(())
     }
-
-    /// Preallocates `[0, size)` as data clusters (metadata or full).
-    pub fn preallocate(&self, full: bool) -> Result<()> {
-        self.check_writable()?;
-        let access = self.access();
-        let size = access.size();
-        let mut off = 0;
-        while off < size {
-            let (_, _, len) = access
-                .ensure_data_mapping(off, size - off, false)
-                .map_err(|e| self.io_err("preallocate", e))?;
-            if len == 0 {
-                break;
-            }
-            if full {
-                // Data clusters of a new image are zero-filled on allocation by imago's
-                // COW of an unallocated range; write zeroes explicitly for "full".
-                self.write_zero_buffers(&access, off, len)?;
-            }
-            off += len;
-        }
-        access.flush().map_err(|e| self.io_err("flush", e))
-    }
 }
 
 impl DiskBackend for Qcow2Disk {

@@ -69,7 +69,12 @@ fn request_offset(i: u64, start: u64, step: u64, bufsize: u64, disk: u64, random
         z ^= z >> 31;
         return (z % (disk / bufsize)) * bufsize;
     }
-    (start + i.wrapping_mul(step)) % (disk - bufsize + 1)
+    // Wrap within whole requests after `start`, keeping offsets aligned.
+    let span = (disk.saturating_sub(start) / bufsize) * bufsize;
+    if span == 0 {
+        return start.min(disk - bufsize);
+    }
+    start + ((u128::from(i) * u128::from(step)) % u128::from(span)) as u64
 }
 
 pub(super) fn bench(a: BenchArgs) -> anyhow::Result<i32> {
