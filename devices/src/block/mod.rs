@@ -216,6 +216,9 @@ pub struct OpenOptions {
     pub force_share: bool,
     /// Open the backing chain (qcow2). `false` reads unallocated clusters as zeroes.
     pub open_backing: bool,
+    /// Bypass the host page cache (O_DIRECT, `cache=none`). Raw images then
+    /// need 4 KiB-aligned buffers, offsets and lengths; qcow2 bounces as needed.
+    pub direct: bool,
 }
 
 impl Default for OpenOptions {
@@ -225,6 +228,7 @@ impl Default for OpenOptions {
             writable: false,
             force_share: false,
             open_backing: true,
+            direct: false,
         }
     }
 }
@@ -236,11 +240,12 @@ pub fn open_disk(path: &Path, opts: &OpenOptions) -> Result<Box<dyn DiskBackend>
         None => (probe_format(path)?, true),
     };
     Ok(match format {
-        ImageFormat::Raw => Box::new(RawDisk::open(
+        ImageFormat::Raw => Box::new(RawDisk::open_with(
             path,
             opts.writable,
             opts.force_share,
             probed,
+            opts.direct,
         )?),
         ImageFormat::Qcow2 => Box::new(Qcow2Disk::open(path, opts)?),
     })

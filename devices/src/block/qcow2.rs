@@ -107,10 +107,13 @@ fn open_storage(
     path: &Path,
     writable: bool,
     force_share: bool,
+    direct: bool,
 ) -> Result<(ImagoFile, StdFile, ImageLock)> {
+    use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(writable)
+        .custom_flags(if direct { libc::O_DIRECT } else { 0 })
         .open(path)
         .map_err(|e| open_err(path, e))?;
     let meta = file.metadata().map_err(|e| open_err(path, e))?;
@@ -121,8 +124,16 @@ fn open_storage(
         });
     }
     let lock = ImageLock::acquire(&file, path, lock_mode(writable, force_share))?;
-    let dup = file.try_clone().map_err(|e| open_err(path, e))?;
-    let opts = StorageOpenOptions::new().write(writable).filename(path);
+    // Our own metadata reads use unaligned buffers: give them a page-cached fd.
+    let dup = if direct {
+        std::fs::File::open(path).map_err(|e| open_err(path, e))?
+    } else {
+        file.try_clone().map_err(|e| open_err(path, e))?
+    };
+    let opts = StorageOpenOptions::new()
+        .write(writable)
+        .direct(direct)
+        .filename(path);
     let storage = ImagoFile::from_open_file(file, opts).map_err(|e| open_err(path, e))?;
     Ok((storage, dup, lock))
 }
@@ -303,7 +314,8 @@ impl Qcow2Disk {
         for (i, layer) in chain.iter().enumerate().rev() {
             let top = i == 0;
             let writable = top && opts.writable;
-            let (storage, std_file, lock) = open_storage(&layer.path, writable, opts.force_share)?;
+            let (storage, std_file, lock) =
+                open_storage(&layer.path, writable, opts.force_share, opts.direct)?;
             locks.push(lock);
             let access = match layer.format {
                 ImageFormat::Raw => {
@@ -437,29 +449,6 @@ impl Qcow2Disk {
         access.flush().map_err(|e| self.io_err("flush", e))?;
         self.size.store(access.size(), Ordering::Release);
         Ok(())
-    }
-
-    /// Preallocates `[0, size)` as data clusters (metadata or full).
-    pub fn preallocate(&self, full: bool) -> Result<()> {
-        self.check_writable()?;
-        let access = self.access();
-        let size = access.size();
-        let mut off = 0;
-        while off < size {
-            let (_, _, len) = access
-                .ensure_data_mapping(off, size - off, false)
-                .map_err(|e| self.io_err("preallocate", e))?;
-            if len == 0 {
-                break;
-            }
-            if full {
-                // Data clusters of a new image are zero-filled on allocation by imago's
-                // COW of an unallocated range; write zeroes explicitly for "full".
-                self.write_zero_buffers(&access, off, len)?;
-            }
-            off += len;
-        }
-        access.flush().map_err(|e| self.io_err("flush", e))
     }
 }
 

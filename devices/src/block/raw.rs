@@ -24,9 +24,22 @@ pub struct RawDisk {
 impl RawDisk {
     /// Opens `path` as a raw image, taking QEMU-compatible locks.
     pub fn open(path: &Path, writable: bool, force_share: bool, probed: bool) -> Result<RawDisk> {
+        Self::open_with(path, writable, force_share, probed, false)
+    }
+
+    /// Like [`RawDisk::open`], optionally with O_DIRECT (`direct`).
+    pub fn open_with(
+        path: &Path,
+        writable: bool,
+        force_share: bool,
+        probed: bool,
+        direct: bool,
+    ) -> Result<RawDisk> {
+        use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(writable)
+            .custom_flags(if direct { libc::O_DIRECT } else { 0 })
             .open(path)
             .map_err(|source| BlockError::Open {
                 path: path.to_path_buf(),
