@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ivmm_tests::{GuestBoot, GuestKernel, Lab, LabOutcome, RunOptions};
+use ivmm_tests::{GuestBoot, GuestKernel, Lab, LabOutcome, Mode, RunOptions};
 
 fn lab() -> Lab {
     Lab::detect().expect("lab prerequisites (run scripts/setup.sh and scripts/fetch-guest.sh)")
@@ -250,4 +250,36 @@ fn sigterm_presses_the_power_button_and_the_guest_powers_off() {
         "{}",
         explain(&out)
     );
+}
+
+/// On a terminal, Ctrl-A x quits ivmm (status 4) and the terminal settings are restored.
+#[test]
+fn escape_key_quits_and_the_terminal_is_restored() {
+    let lab = lab();
+    let cmdline = GuestBoot::new().full_cmdline().expect("cmdline");
+    // In the nested lab ivmm's stdin is L1's console, a terminal. Run directly, the harness
+    // pipes stdin, so util-linux `script` provides a pseudo-terminal.
+    let run = format!(
+        "[ -t 0 ] && echo STDIN-IS-TTY; before=$(stty -g); \
+         {{ivmm}} run --kernel {{bzimage}} --initrd {{initrd}} --cmdline '{cmdline}'; rc=$?; \
+         [ \"$before\" = \"$(stty -g)\" ] && echo TTY-RESTORED; echo IVMM-RC=$rc"
+    );
+    let launcher = match lab.mode() {
+        Mode::Nested => "sh escape-test.sh",
+        Mode::Direct => "script -qec 'sh escape-test.sh' /dev/null",
+    };
+    // The harness expands placeholders in the whole script, here-document included.
+    let script = format!("cat > escape-test.sh <<'EOS'\n{run}\nEOS\n{launcher}\n");
+    let opts = RunOptions::new()
+        .send_after_marker("IVMM-GUEST-INIT", b"\x01x")
+        .timeout(Duration::from_secs(240));
+    let out = lab.run_shell(&script, opts).expect("lab run");
+    assert!(out.console.contains("STDIN-IS-TTY"), "{}", explain(&out));
+    assert!(out.console.contains("IVMM-RC=4"), "{}", explain(&out));
+    assert!(
+        out.console.contains("quit from the console"),
+        "{}",
+        explain(&out)
+    );
+    assert!(out.console.contains("TTY-RESTORED"), "{}", explain(&out));
 }
