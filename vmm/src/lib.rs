@@ -6,6 +6,7 @@ pub mod config;
 pub mod control;
 pub mod event_loop;
 pub mod img;
+pub mod logger;
 pub mod run;
 pub mod terminal;
 pub mod vcpu;
