@@ -306,7 +306,7 @@ impl Lab {
 
     /// Runs ivmm (or, with `shell`, a shell) with the terminal attached: console output goes
     /// to stdout as it comes, stdin goes to ivmm. Returns ivmm's exit status. For humans
-    /// (`scripts/lab`); in Nested mode `Ctrl-A x` quits QEMU.
+    /// (`scripts/lab`); in Nested mode `Ctrl-A x` quits QEMU, `Ctrl-A Ctrl-A` sends `Ctrl-A`.
     pub fn run_interactive(&self, args: &[String], shell: bool) -> Result<i32> {
         let job = if shell {
             // In L1 the console is no controlling tty yet: cttyhack makes it one (job control,
