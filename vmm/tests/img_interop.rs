@@ -142,6 +142,7 @@ fn qemu_written_images_read_identically_through_ivmm() {
             "config {cfg}: data differs"
         );
         drop(disk);
+        compare_info(&img, false);
         // ivmm check agrees with qemu-img check on a clean image.
         let o = ivmm(&["check", "--output", "json", p(&img)]);
         assert_eq!(
@@ -156,6 +157,8 @@ fn qemu_written_images_read_identically_through_ivmm() {
             "total-clusters",
             "allocated-clusters",
             "compressed-clusters",
+            "fragmented-clusters",
+            "image-end-offset",
             "check-errors",
             "leaks",
             "corruptions",
