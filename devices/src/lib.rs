@@ -1,3 +1,2 @@
 //! placeholder
-
 pub mod block;
