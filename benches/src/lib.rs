@@ -5,7 +5,8 @@
 //! qcow2 and a preallocated qcow2, all with `-t none` (O_DIRECT). qemu-img
 //! bench has no random mode, so "rand" rows use a large prime stride
 //! (`-S 4096*7919`) for both tools, visiting blocks in a scattered order.
-//! Then `convert` (with and without `-c`) of a mostly-full image.
+//! Then `convert` (with and without `-c`) of a mostly-full image, both tools
+//! with their defaults (target cache `unsafe`: no flush at the end).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -213,6 +214,19 @@ pub fn run() -> Result<(), String> {
         size: env_u64("BENCH_SIZE_MIB", 1024) << 20,
     };
 
+    // BENCH_ONLY=convert or BENCH_ONLY=io runs one half.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    if only != "convert" {
+        io_table(&ctx)?;
+    }
+    if only != "io" {
+        println!();
+        convert_table(&ctx)?;
+    }
+    Ok(())
+}
+
+fn io_table(ctx: &Ctx) -> Result<(), String> {
     println!("| test | image | ivmm | qemu-img | ivmm/qemu |");
     println!("|---|---|---:|---:|---:|");
     let mut ivmm_rates: Vec<(String, String, f64)> = Vec::new();
@@ -258,12 +272,14 @@ pub fn run() -> Result<(), String> {
             get("qcow2-prealloc") / raw
         );
     }
+    Ok(())
+}
 
+fn convert_table(ctx: &Ctx) -> Result<(), String> {
     let csize = env_u64("CONVERT_SIZE_MIB", 2048) << 20;
     let src = ctx.path("convert-src.raw");
     make_convert_source(Path::new(&src), csize)?;
     let dst = ctx.path("convert-dst.qcow2");
-    println!();
     println!(
         "| convert {} MiB mostly-full raw -> qcow2 | ivmm (s) | qemu-img (s) | qemu/ivmm |",
         csize >> 20

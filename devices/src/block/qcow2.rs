@@ -57,7 +57,36 @@ pub struct Qcow2Disk {
     size: AtomicU64,
     read_only: bool,
     header: QcowHeader,
+    /// Which L1 entries are known to point at an L2 table (writable images).
+    l1_shadow: std::sync::Mutex<L1Shadow>,
+    /// Page-cached fd of the top image for our own metadata reads.
+    meta_file: StdFile,
     _locks: Vec<ImageLock>,
+}
+
+/// Shadow of the on-disk L1 table: see [`Qcow2Disk::order_new_l2_tables`].
+#[derive(Debug, Default)]
+struct L1Shadow {
+    offset: u64,
+    known: Vec<bool>,
+}
+
+impl L1Shadow {
+    fn load(file: &StdFile, h: &QcowHeader) -> L1Shadow {
+        let n = h.l1_size as usize;
+        let mut buf = vec![0u8; n * 8];
+        let known = if pread_all(file, buf.as_mut_ptr(), buf.len(), h.l1_table_offset).is_ok() {
+            buf.chunks_exact(8)
+                .map(|c| c.iter().any(|&b| b != 0))
+                .collect()
+        } else {
+            vec![false; n]
+        };
+        L1Shadow {
+            offset: h.l1_table_offset,
+            known,
+        }
+    }
 }
 
 /// Resolves a backing file name as QEMU does: relative names are relative to
@@ -311,12 +340,16 @@ impl Qcow2Disk {
         // Open bottom-up so each layer gets its backing.
         let mut backing: Option<Access> = None;
         let mut top_header = None;
+        let mut top_file = None;
         for (i, layer) in chain.iter().enumerate().rev() {
             let top = i == 0;
             let writable = top && opts.writable;
             let (storage, std_file, lock) =
                 open_storage(&layer.path, writable, opts.force_share, opts.direct)?;
             locks.push(lock);
+            if top {
+                top_file = Some(std_file.try_clone().map_err(|e| open_err(path, e))?);
+            }
             let access = match layer.format {
                 ImageFormat::Raw => {
                     let raw = Raw::builder(storage)
@@ -340,7 +373,7 @@ impl Qcow2Disk {
             };
             backing = Some(access);
         }
-        let (Some(access), Some(header)) = (backing, top_header) else {
+        let (Some(access), Some(header), Some(meta_file)) = (backing, top_header, top_file) else {
             return Err(BlockError::Unsupported {
                 path: path.to_path_buf(),
                 msg: "not a qcow2 image".into(),
@@ -351,9 +384,49 @@ impl Qcow2Disk {
             access: RwLock::new(access),
             path: path.to_path_buf(),
             read_only: !opts.writable,
+            l1_shadow: std::sync::Mutex::new(L1Shadow::load(&meta_file, &header)),
+            meta_file,
             header,
             _locks: locks,
         })
+    }
+
+    /// Crash-consistency workaround for imago 0.2.6: when imago allocates a new
+    /// L2 table it writes the L1 entry at once but keeps the refcount increment
+    /// of the new cluster in its refblock cache, so a process killed before the
+    /// next flush leaves an L2 table with refcount 0 (a corruption). After each
+    /// write we look (in the page-cached file, 8 bytes per not-yet-seen L1
+    /// entry) whether an L1 entry appeared, and if so write back imago's caches
+    /// right away. This shrinks the window from "until the next guest flush" to
+    /// the few instructions between imago's L1 write and our flush; closing it
+    /// needs the ordering fix in imago itself.
+    fn order_new_l2_tables(&self, access: &Access, offset: u64, len: u64) -> Result<()> {
+        if self.read_only || len == 0 {
+            return Ok(());
+        }
+        let span_bits = 2 * self.header.cluster_bits - 3;
+        let first = (offset >> span_bits) as usize;
+        let last = ((offset + len - 1) >> span_bits) as usize;
+        let mut shadow = self.l1_shadow.lock().unwrap_or_else(|p| p.into_inner());
+        let mut appeared = false;
+        for i in first..=last {
+            if shadow.known.get(i).copied().unwrap_or(true) {
+                continue;
+            }
+            let mut e = [0u8; 8];
+            let at = shadow.offset + i as u64 * 8;
+            pread_all(&self.meta_file, e.as_mut_ptr(), 8, at)
+                .map_err(|e| self.io_err("read", e))?;
+            if e != [0u8; 8] {
+                shadow.known[i] = true;
+                appeared = true;
+            }
+        }
+        drop(shadow);
+        if appeared {
+            access.flush().map_err(|e| self.io_err("flush", e))?;
+        }
+        Ok(())
     }
 
     /// The header as read at open time.
@@ -396,6 +469,7 @@ impl Qcow2Disk {
             access
                 .write(&zeroes[..n], offset)
                 .map_err(|e| self.io_err("write zeroes", e))?;
+            self.order_new_l2_tables(access, offset, n as u64)?;
             offset += n as u64;
         }
         Ok(())
@@ -448,6 +522,11 @@ impl Qcow2Disk {
             .map_err(|e| self.io_err("resize", e))?;
         access.flush().map_err(|e| self.io_err("flush", e))?;
         self.size.store(access.size(), Ordering::Release);
+        // The L1 table may have moved or grown.
+        if let Ok(h) = QcowHeader::read(&self.meta_file, &self.path) {
+            *self.l1_shadow.lock().unwrap_or_else(|p| p.into_inner()) =
+                L1Shadow::load(&self.meta_file, &h);
+        }
         Ok(())
     }
 }
@@ -473,9 +552,11 @@ impl DiskBackend for Qcow2Disk {
         self.check_writable()?;
         check_range(offset, sg_len(bufs), self.size())?;
         let (iov, _guard) = IoVector::from_volatile_slice(bufs.iter());
-        self.access()
+        let access = self.access();
+        access
             .writev(iov, offset)
-            .map_err(|e| self.io_err("write", e))
+            .map_err(|e| self.io_err("write", e))?;
+        self.order_new_l2_tables(&access, offset, sg_len(bufs))
     }
 
     fn flush(&self) -> Result<()> {
@@ -492,7 +573,7 @@ impl DiskBackend for Qcow2Disk {
         check_range(offset, len, self.size())?;
         let mut access = self.access_mut();
         match access.discard_to_zero(offset, len) {
-            Ok(()) => Ok(()),
+            Ok(()) => self.order_new_l2_tables(&access, offset, len),
             // qcow2 v2 has no zero clusters: write zeroes instead.
             Err(e) if e.kind() == ErrorKind::Unsupported => {
                 self.write_zero_buffers(&access, offset, len)
@@ -506,7 +587,7 @@ impl DiskBackend for Qcow2Disk {
         check_range(offset, len, self.size())?;
         let access = self.access();
         match access.write_zeroes(offset, len) {
-            Ok(()) => Ok(()),
+            Ok(()) => self.order_new_l2_tables(&access, offset, len),
             Err(e) if e.kind() == ErrorKind::Unsupported => {
                 self.write_zero_buffers(&access, offset, len)
             }
