@@ -18,7 +18,8 @@ use devices::pci::{HostBridge, PciBus, PciConfigIo, PciConfigMmio};
 use devices::Bus;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
+    KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -73,6 +74,8 @@ pub enum VmError {
     },
     #[error(transparent)]
     Vcpu(#[from] vcpu::VcpuError),
+    #[error(transparent)]
+    Cpu(#[from] boot::cpu_model::CpuModelError),
     #[error("event loop: {0}")]
     EventLoop(String),
     #[error("{0}")]
@@ -306,7 +309,7 @@ fn load_guest(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<EntryPoint, Vm
 
     let mmio64 = memory_map::mmio64_window(config.mem_bytes);
     let tables = boot::acpi::build(&boot::acpi::AcpiConfig {
-        apic_ids: (0..config.vcpus).collect(),
+        apic_ids: config.topology.apic_ids(config.vcpus),
         mmio64: (mmio64.start, mmio64.size),
     })
     .map_err(|e| VmError::Acpi(e.to_string()))?;
@@ -355,14 +358,30 @@ fn build_machine(
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("reading supported CPUID"))?;
+    let cpu = &config.cpu;
+    let built = boot::cpu_model::build_cpuid(supported.as_slice(), &cpu.definition, cpu.check)?;
+    if !built.dropped.is_empty() {
+        eprintln!(
+            "ivmm: warning: --cpu {}: running without {} (this host's KVM cannot provide them)",
+            cpu.definition.name,
+            built.dropped.join(" ")
+        );
+    }
+    let model_cpuid = CpuId::from_entries(&built.entries).map_err(|_| {
+        VmError::Device(format!(
+            "{} CPUID entries are too many",
+            built.entries.len()
+        ))
+    })?;
     let mut vcpu_fds = Vec::new();
     for index in 0..config.vcpus {
         let fd = vm
-            .create_vcpu(u64::from(index))
+            .create_vcpu(u64::from(config.topology.apic_id(index)))
             .map_err(kvm_err("creating a vCPU"))?;
-        let mut cpuid = supported.clone();
-        boot::cpuid::patch_for_vcpu(cpuid.as_mut_slice(), index, config.vcpus);
+        let mut cpuid = model_cpuid.clone();
+        boot::cpuid::patch_for_vcpu(cpuid.as_mut_slice(), index, &config.topology);
         vcpu::configure(&fd, index, &cpuid, (index == 0).then_some(&entry))?;
+        vcpu::set_msrs(&fd, index, &cpu.definition.msrs)?;
         vcpu_fds.push(fd);
     }
     Ok((platform, vcpu_fds))
