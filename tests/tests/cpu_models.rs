@@ -37,11 +37,38 @@ fn cmdline(cmd: &str) -> String {
 }
 
 fn ivmm_run(ivmm: &str, cpu: &str, extra: &str, cmd: &str) -> String {
+    ivmm_run_initrd(ivmm, cpu, extra, cmd, "{initrd}")
+}
+
+fn ivmm_run_initrd(ivmm: &str, cpu: &str, extra: &str, cmd: &str, initrd: &str) -> String {
     format!(
-        "{ivmm} run --kernel {{bzimage}} --initrd {{initrd}} --mem 256M --cpu {cpu} {extra} \
+        "{ivmm} run --kernel {{bzimage}} --initrd {initrd} --mem 256M --cpu {cpu} {extra} \
          --cmdline '{}'",
         cmdline(cmd)
     )
+}
+
+/// A cpio with the L2 kernel's KVM modules under /kvm, appended to the L2 initrd so the
+/// guest can load kvm_amd (the fixture initrd has no KVM modules).
+fn kvm_modules_cpio() -> Vec<u8> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest/modules");
+    let release = std::fs::read_dir(&root)
+        .expect("guest modules (scripts/fetch-guest.sh)")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.is_dir())
+        .expect("a module tree");
+    let mut cpio = ivmm_tests::cpio::CpioWriter::new();
+    cpio.dir("kvm");
+    for (name, rel) in [
+        ("irqbypass.ko", "kernel/virt/lib/irqbypass.ko"),
+        ("kvm.ko", "kernel/arch/x86/kvm/kvm.ko"),
+        ("kvm-amd.ko", "kernel/arch/x86/kvm/kvm-amd.ko"),
+    ] {
+        let data = std::fs::read(release.join(rel)).expect("KVM module in the guest modules");
+        cpio.file(&format!("kvm/{name}"), 0o644, &data);
+    }
+    cpio.finish()
 }
 
 fn qemu_run(cpu: &str, extra: &str, cmd: &str) -> String {
@@ -162,8 +189,8 @@ fn cpu_models_match_qemu_in_the_same_l1() {
     let topo_cmd = "for c in /sys/devices/system/cpu/cpu[0-9]*; do echo $(basename $c) \
                     $(cat $c/topology/physical_package_id $c/topology/core_id \
                     $c/topology/thread_siblings_list $c/topology/core_siblings_list); done";
-    let svm_cmd = "grep -c -w svm /proc/cpuinfo; modprobe kvm_amd 2>&1; \
-                   dmesg | grep -iE 'nested|svm' | head -5; ls /dev/kvm";
+    let svm_cmd = "grep -c -w svm /proc/cpuinfo; insmod /kvm/irqbypass.ko; insmod /kvm/kvm.ko; \
+                   insmod /kvm/kvm-amd.ko; dmesg | grep -iE 'nested|svm' | head -5; ls /dev/kvm";
 
     let mut script = String::from(
         "run() { name=$1; shift; echo \"=== RUN $name ===\"; \"$@\" 2>&1; \
@@ -191,6 +218,7 @@ fn cpu_models_match_qemu_in_the_same_l1() {
         qemu_run("host", "-smp 4,sockets=1,cores=2,threads=2", topo_cmd)
     );
     let opts = RunOptions::new()
+        .file("kvm-mods.cpio", &kvm_modules_cpio(), false)
         .host_binary(QEMU)
         .host_binary(&ivmm_host)
         .host_file("/usr/share/seabios/bios-microvm.bin")
