@@ -189,15 +189,10 @@ pub fn patch_for_vcpu(entries: &mut [kvm_cpuid_entry2], index: u32, topo: &Topol
                     }
                 }
             }
-            0x8000_0001 => {
-                // As QEMU: CmpLegacy for multi-thread packages, not on Intel
-                // (Linux then ignores the thread information).
-                if per_pkg > 1 && !intel {
-                    e.ecx |= EXT1_ECX_CMP_LEGACY;
-                } else {
-                    e.ecx &= !EXT1_ECX_CMP_LEGACY;
-                }
-            }
+            // As QEMU: CmpLegacy for multi-thread packages, not on Intel
+            // (Linux then ignores the thread information). QEMU only ever
+            // adds the bit, so a host that has it keeps it.
+            0x8000_0001 if per_pkg > 1 && !intel => e.ecx |= EXT1_ECX_CMP_LEGACY,
             0x8000_0008 => {
                 // AMD: ECX[7:0] = threads per package - 1, ECX[15:12] =
                 // APIC ID bits below the package ID.

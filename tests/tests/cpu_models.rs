@@ -152,7 +152,7 @@ fn cpuinfo(out: &str) -> Option<CpuInfo> {
 /// Linux-style names (as ivmm prints them).
 fn qemu_missing(text: &str) -> BTreeSet<String> {
     text.lines()
-        .filter(|l| l.contains("doesn't support requested feature"))
+        .filter(|l| l.contains("doesn't support requested feature") && l.contains("[bit"))
         .filter_map(|l| l.split(" [bit").next())
         .filter_map(|l| l.rsplit('.').next())
         .map(|n| match n {
@@ -225,7 +225,11 @@ fn cpu_models_match_qemu_in_the_same_l1() {
         .host_file("/usr/share/qemu/linuxboot_dma.bin")
         .timeout(Duration::from_secs(1500));
     let out = lab.run_shell(&script, opts).expect("lab run");
-    let secs = sections(&out.console);
+    let log = std::env::temp_dir().join("ivmm-cpu-models-console.log");
+    let _ = std::fs::write(&log, &out.console);
+    eprintln!("whole console: {}", log.display());
+    let console = out.console.replace('\r', "");
+    let secs = sections(&console);
     let get = |name: &str| secs.iter().find(|(n, _)| n == name).map(|(_, s)| s);
 
     let mut failures = Vec::new();
@@ -259,8 +263,10 @@ fn cpu_models_match_qemu_in_the_same_l1() {
                         passed.push(format!("{ours}: both refuse, missing {m:?}"))
                     }
                     Some(m) => failures.push(format!(
-                        "{ours}: missing lists differ: {}",
-                        diff(&m, &theirs_missing)
+                        "{ours}: missing lists differ: {}\nivmm:\n{}\nQEMU:\n{}",
+                        diff(&m, &theirs_missing),
+                        a.text,
+                        b.text
                     )),
                     None => failures.push(format!(
                         "{ours}: QEMU refused ({theirs_missing:?}) but ivmm neither booted nor \

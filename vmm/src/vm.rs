@@ -335,6 +335,22 @@ fn load_guest(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<EntryPoint, Vm
     Ok(kernel.entry)
 }
 
+/// The host CPU's brand string registers (CPUID 0x8000_0002..4).
+fn host_brand() -> [[u32; 4]; 3] {
+    let mut out = [[0; 4]; 3];
+    for (i, regs) in out.iter_mut().enumerate() {
+        // `__cpuid` is a safe function on current Rust but unsafe on the
+        // workspace's minimum (1.80).
+        #[allow(unused_unsafe)]
+        // SAFETY: CPUID is available on every x86_64 CPU and has no side
+        // effects; leaves past the host's maximum return other data, not
+        // faults.
+        let r = unsafe { std::arch::x86_64::__cpuid(0x8000_0002 + i as u32) };
+        *regs = [r.eax, r.ebx, r.ecx, r.edx];
+    }
+    out
+}
+
 /// In-kernel IRQ chip and PIT, devices, guest image and configured vCPUs:
 /// everything but the memslots.
 fn build_machine(
@@ -359,7 +375,10 @@ fn build_machine(
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("reading supported CPUID"))?;
     let cpu = &config.cpu;
-    let built = boot::cpu_model::build_cpuid(supported.as_slice(), &cpu.definition, cpu.check)?;
+    let mut built = boot::cpu_model::build_cpuid(supported.as_slice(), &cpu.definition, cpu.check)?;
+    if cpu.definition.identity.is_none() {
+        boot::cpu_model::fill_host_brand(&mut built.entries, host_brand());
+    }
     if !built.dropped.is_empty() {
         eprintln!(
             "ivmm: warning: --cpu {}: running without {} (this host's KVM cannot provide them)",

@@ -30,6 +30,8 @@ const KVM_CPUID_FLAG_SIGNIFCANT_INDEX: u32 = 1;
 /// with an in-kernel irqchip (ivmm always has one).
 const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+/// 0x8000_0007 EBX: McaOverflowRecov and SUCCOR.
+const EXT7_EBX_MCA_RECOVERY: u32 = 0b11;
 /// Leaf 1 EDX bits that AMD CPUs mirror in leaf 0x8000_0001 EDX (fpu..apic,
 /// mtrr..pse36, mmx, fxsr).
 const AMD_EDX_ALIASES: u32 = 0x0183_f3ff;
@@ -440,11 +442,20 @@ fn ensure(entries: &mut Vec<kvm_cpuid_entry2>, leaf: u32, subleaf: u32) {
 /// What KVM can provide in one register, with the bits QEMU adds to KVM's
 /// answer itself (hypervisor, TSC deadline with an in-kernel irqchip).
 fn supported_word(supported: &[kvm_cpuid_entry2], leaf: u32, subleaf: u32, reg: Reg) -> u32 {
-    let mut v = find(supported, leaf, subleaf).map_or(0, |e| reg_get(e, reg));
-    if leaf == 1 && reg == Reg::Ecx {
-        v |= LEAF1_ECX_TSC_DEADLINE | LEAF1_ECX_HYPERVISOR;
+    let v = find(supported, leaf, subleaf).map_or(0, |e| reg_get(e, reg));
+    v | userspace_bits(leaf, reg)
+}
+
+/// Bits KVM leaves out of KVM_GET_SUPPORTED_CPUID because the VMM provides
+/// them, and which QEMU adds to KVM's answer: TSC deadline and hypervisor
+/// (leaf 1 ECX, in-kernel LAPIC), MCA overflow recovery and SUCCOR
+/// (0x8000_0007 EBX, machine checks are delivered by the VMM).
+fn userspace_bits(leaf: u32, reg: Reg) -> u32 {
+    match (leaf, reg) {
+        (1, Reg::Ecx) => LEAF1_ECX_TSC_DEADLINE | LEAF1_ECX_HYPERVISOR,
+        (0x8000_0007, Reg::Ebx) => EXT7_EBX_MCA_RECOVERY,
+        _ => 0,
     }
-    v
 }
 
 fn bit_name(leaf: u32, subleaf: u32, reg: Reg, bit: u32) -> String {
@@ -458,6 +469,19 @@ fn vendor_regs(v: Vendor) -> (u32, u32, u32) {
     let b = v.id().as_bytes();
     let w = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
     (w(0), w(4), w(8)) // EBX, EDX, ECX
+}
+
+/// Puts `brand` (the host's 0x8000_0002..4 registers, EAX..EDX each) into
+/// host-model entries whose brand leaves KVM left empty (QEMU's `-cpu host`
+/// reads the brand string from the host too).
+pub fn fill_host_brand(entries: &mut [kvm_cpuid_entry2], brand: [[u32; 4]; 3]) {
+    for (i, regs) in brand.iter().enumerate() {
+        if let Some(e) = find_mut(entries, EXT_LEAVES + 2 + i as u32, 0) {
+            if [e.eax, e.ebx, e.ecx, e.edx] == [0; 4] {
+                [e.eax, e.ebx, e.ecx, e.edx] = *regs;
+            }
+        }
+    }
 }
 
 /// CPUID leaf 1 EAX for a family/model/stepping (extended fields as the
@@ -494,6 +518,13 @@ pub fn build_cpuid(
     // KVM's supported register does not have it.
     let mut missing = Vec::new();
     let mut words = def.words.clone();
+    if def.identity.is_some() && !def.has("svm") {
+        // As QEMU's feature dependencies: no SVM, no SVM sub-features.
+        for w in words.iter_mut().filter(|w| w.leaf == 0x8000_000a) {
+            w.clear |= w.set;
+            w.set = 0;
+        }
+    }
     for w in &mut words {
         let lacking = w.set & !supported_word(supported, w.leaf, w.subleaf, w.reg);
         for bit in (0..32).filter(|b| lacking & (1 << b) != 0) {
@@ -526,6 +557,14 @@ pub fn build_cpuid(
     if let Some(id) = &def.identity {
         shape_model(&mut entries, &effective, id);
     } else {
+        // The host as QEMU's `-cpu host` sees it: KVM's answer plus the
+        // bits the VMM provides.
+        for e in entries.iter_mut() {
+            if e.function == 1 || e.function == 0x8000_0007 {
+                e.ecx |= userspace_bits(e.function, Reg::Ecx);
+                e.ebx |= userspace_bits(e.function, Reg::Ebx);
+            }
+        }
         for w in &effective.words {
             if w.set != 0 {
                 ensure(&mut entries, w.leaf, w.subleaf);
