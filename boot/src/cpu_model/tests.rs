@@ -317,3 +317,30 @@ fn host_template_modifies_only_named_bits() {
     assert!(!has_bit(&built.entries, "avx2"));
     assert!(has_bit(&built.entries, "bmi2"));
 }
+
+#[test]
+fn host_gets_what_qemu_adds_to_kvms_answer() {
+    let mut kvm = without(everything(), &["tsc_deadline_timer", "succor"]);
+    for e in kvm
+        .iter_mut()
+        .filter(|e| (0x8000_0002..=0x8000_0004).contains(&e.function))
+    {
+        (e.eax, e.ebx, e.ecx, e.edx) = (0, 0, 0, 0);
+    }
+    let mut built = build_cpuid(&kvm, &CpuDefinition::host(), CheckMode::Enforce).unwrap();
+    assert!(has_bit(&built.entries, "tsc_deadline_timer"));
+    assert!(has_bit(&built.entries, "succor"));
+    fill_host_brand(&mut built.entries, [[0x2044_4d41, 0, 0, 0], [0; 4], [0; 4]]);
+    assert_eq!(get(&built.entries, 0x8000_0002, 0).eax, 0x2044_4d41);
+}
+
+#[test]
+fn svm_subfeatures_follow_svm() {
+    let def = CpuSpec::parse("EPYC").unwrap().definition().unwrap();
+    let no_nrips = without(everything(), &["nrip_save"]);
+    let built = build_cpuid(&no_nrips, &def, CheckMode::Enforce).unwrap();
+    assert!(!has_bit(&built.entries, "npt"), "no svm, no SVM leaf bits");
+    let def = CpuSpec::parse("EPYC,+svm").unwrap().definition().unwrap();
+    let err = build_cpuid(&no_nrips, &def, CheckMode::Enforce).unwrap_err();
+    assert!(err.to_string().contains("nrip_save"), "{err}");
+}
