@@ -18,6 +18,8 @@ const LEVEL_TYPE_CORE: u32 = 2;
 /// Leaf 0x8000_0001 ECX bit 1: CmpLegacy (AMD: cores are reported by
 /// 0x8000_0008, HTT means multi-core).
 const EXT1_ECX_CMP_LEGACY: u32 = 1 << 1;
+/// Leaf 0x8000_0001 ECX bit 22: TopologyExtensions.
+const EXT1_ECX_TOPOEXT: u32 = 1 << 22;
 /// "GenuineIntel" EBX word in leaf 0.
 const INTEL_EBX: u32 = u32::from_le_bytes(*b"Genu");
 
@@ -136,6 +138,9 @@ pub fn patch_for_vcpu(entries: &mut [kvm_cpuid_entry2], index: u32, topo: &Topol
     let intel = entries
         .iter()
         .any(|e| e.function == 0 && e.ebx == INTEL_EBX);
+    let topoext = entries
+        .iter()
+        .any(|e| e.function == 0x8000_0001 && e.ecx & EXT1_ECX_TOPOEXT != 0);
     for e in entries.iter_mut() {
         match e.function {
             0x1 => {
@@ -200,10 +205,21 @@ pub fn patch_for_vcpu(entries: &mut [kvm_cpuid_entry2], index: u32, topo: &Topol
                     | ((topo.package_shift() & 0xf) << 12)
                     | (per_pkg.saturating_sub(1) & 0xff);
             }
+            0x8000_001d => {
+                // AMD cache topology: EAX[25:14] = threads sharing - 1 (L1
+                // and L2 per core, L3 per package).
+                let level = (e.eax >> 5) & 0x7;
+                if level == 0 {
+                    continue;
+                }
+                let sharing = if level >= 3 { per_pkg } else { topo.threads };
+                e.eax = (e.eax & !(0xfff << 14)) | ((sharing.saturating_sub(1) & 0xfff) << 14);
+            }
             0x8000_001e => {
                 // AMD extended APIC ID; EBX = threads per core - 1 and core
-                // ID; ECX = node ID (one node per socket).
-                if e.eax == 0 && e.ebx == 0 && e.ecx == 0 && e.edx == 0 {
+                // ID; ECX = node ID (one node per socket). Filled when the
+                // CPU has topoext (or KVM already filled it in).
+                if !topoext && e.eax == 0 && e.ebx == 0 && e.ecx == 0 && e.edx == 0 {
                     continue;
                 }
                 e.eax = apic_id;

@@ -189,7 +189,7 @@ fn cpu_models_match_qemu_in_the_same_l1() {
     let topo_cmd = "for c in /sys/devices/system/cpu/cpu[0-9]*; do echo $(basename $c) \
                     $(cat $c/topology/physical_package_id $c/topology/core_id \
                     $c/topology/thread_siblings_list $c/topology/core_siblings_list); done";
-    let svm_cmd = "grep -c -w svm /proc/cpuinfo; insmod /kvm/irqbypass.ko; insmod /kvm/kvm.ko; \
+    let svm_cmd = "grep -c -w svm /proc/cpuinfo; ls /kvm; dmesg | grep -iE 'initr|unpack'; insmod /kvm/irqbypass.ko; insmod /kvm/kvm.ko; \
                    insmod /kvm/kvm-amd.ko; dmesg | grep -iE 'nested|svm' | head -5; ls /dev/kvm";
 
     let mut script = String::from(

@@ -32,6 +32,20 @@ const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
 /// 0x8000_0007 EBX: McaOverflowRecov and SUCCOR.
 const EXT7_EBX_MCA_RECOVERY: u32 = 0b11;
+/// 0x8000_0001 ECX bit 22: TopologyExtensions (leaves 0x8000_001D/1E),
+/// which QEMU provides itself and so always allows.
+const EXT1_ECX_TOPOEXT: u32 = 1 << 22;
+
+/// Cache hierarchy reported in 0x8000_001D when the model has topoext but
+/// KVM has no such leaf: (type 1=data 2=instruction 3=unified, level, size
+/// in KiB, ways, line size, EDX: bit 0 = WBINVD not exact for lower levels,
+/// bit 1 = inclusive). The sizes are QEMU's `EPYC` cache model.
+const SYNTH_CACHES: &[(u32, u32, u32, u32, u32, u32)] = &[
+    (1, 1, 32, 8, 64, 0b01),
+    (2, 1, 64, 4, 64, 0b01),
+    (3, 2, 512, 8, 64, 0b00),
+    (3, 3, 8192, 16, 64, 0b10),
+];
 /// Leaf 1 EDX bits that AMD CPUs mirror in leaf 0x8000_0001 EDX (fpu..apic,
 /// mtrr..pse36, mmx, fxsr).
 const AMD_EDX_ALIASES: u32 = 0x0183_f3ff;
@@ -454,6 +468,7 @@ fn userspace_bits(leaf: u32, reg: Reg) -> u32 {
     match (leaf, reg) {
         (1, Reg::Ecx) => LEAF1_ECX_TSC_DEADLINE | LEAF1_ECX_HYPERVISOR,
         (0x8000_0007, Reg::Ebx) => EXT7_EBX_MCA_RECOVERY,
+        (0x8000_0001, Reg::Ecx) => EXT1_ECX_TOPOEXT,
         _ => 0,
     }
 }
@@ -679,13 +694,42 @@ fn shape_model(entries: &mut Vec<kvm_cpuid_entry2>, def: &CpuDefinition, id: &Id
         match e.function {
             0x8000_0001 if id.vendor == Vendor::Amd => e.edx |= l1_edx & AMD_EDX_ALIASES,
             0x8000_000a if !def.has("svm") => (e.eax, e.ebx, e.ecx, e.edx) = (0, 0, 0, 0),
-            0x8000_001d | 0x8000_001e if !def.has("topoext") => {
-                (e.eax, e.ebx, e.ecx, e.edx) = (0, 0, 0, 0)
-            }
             _ => {}
         }
     }
+    shape_topoext(entries, def);
     shape_xsave(entries, def);
+}
+
+/// Leaves 0x8000_001D/1E exist only with topoext; when KVM has no cache
+/// leaves to offer, they are synthesized (sharing and IDs are per vCPU, in
+/// [`crate::cpuid::patch_for_vcpu`]).
+fn shape_topoext(entries: &mut Vec<kvm_cpuid_entry2>, def: &CpuDefinition) {
+    if !def.has("topoext") {
+        entries.retain(|e| e.function != 0x8000_001d && e.function != 0x8000_001e);
+        return;
+    }
+    let has_caches = entries
+        .iter()
+        .any(|e| e.function == 0x8000_001d && e.eax & 0x1f != 0);
+    if !has_caches {
+        entries.retain(|e| e.function != 0x8000_001d);
+        for (i, &(kind, level, kib, ways, line, edx)) in SYNTH_CACHES.iter().enumerate() {
+            let sets = kib * 1024 / (ways * line);
+            entries.push(kvm_cpuid_entry2 {
+                function: 0x8000_001d,
+                index: i as u32,
+                flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+                eax: kind | (level << 5) | (1 << 8),
+                ebx: (line - 1) | ((ways - 1) << 22),
+                ecx: sets - 1,
+                edx,
+                ..Default::default()
+            });
+        }
+        ensure(entries, 0x8000_001d, SYNTH_CACHES.len() as u32);
+    }
+    ensure(entries, 0x8000_001e, 0);
 }
 
 /// Leaf 0xD: only the state components the model's features use.

@@ -344,3 +344,22 @@ fn svm_subfeatures_follow_svm() {
     let err = build_cpuid(&no_nrips, &def, CheckMode::Enforce).unwrap_err();
     assert!(err.to_string().contains("nrip_save"), "{err}");
 }
+
+#[test]
+fn topoext_leaves_are_synthesized_when_kvm_has_none() {
+    let mut kvm = without(everything(), &["topoext"]);
+    kvm.retain(|e| e.function != 0x8000_001d && e.function != 0x8000_001e);
+    let def = CpuSpec::parse("EPYC").unwrap().definition().unwrap();
+    let mut built = build_cpuid(&kvm, &def, CheckMode::Enforce).unwrap();
+    assert!(has_bit(&built.entries, "topoext"));
+    let l3 = get(&built.entries, 0x8000_001d, 3);
+    assert_eq!(((l3.eax >> 5) & 7, l3.ecx + 1), (3, 8192));
+    let topo = crate::cpuid::Topology::parse("cores=2,threads=2", 4).unwrap();
+    crate::cpuid::patch_for_vcpu(&mut built.entries, 3, &topo);
+    assert_eq!(get(&built.entries, 0x8000_001e, 0).eax, 3);
+    assert_eq!(get(&built.entries, 0x8000_001e, 0).ebx, (1 << 8) | 1);
+    assert_eq!((get(&built.entries, 0x8000_001d, 3).eax >> 14) & 0xfff, 3);
+    let def = CpuSpec::parse("qemu64").unwrap().definition().unwrap();
+    let built = build_cpuid(&everything(), &def, CheckMode::Enforce).unwrap();
+    assert!(built.entries.iter().all(|e| e.function != 0x8000_001e));
+}
