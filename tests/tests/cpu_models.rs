@@ -48,11 +48,12 @@ fn ivmm_run_initrd(ivmm: &str, cpu: &str, extra: &str, cmd: &str, initrd: &str) 
     )
 }
 
-/// A cpio with the L2 kernel's KVM modules under /kvm, appended to the L2 initrd so the
-/// guest can load kvm_amd (the fixture initrd has no KVM modules).
-fn kvm_modules_cpio() -> Vec<u8> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest/modules");
-    let release = std::fs::read_dir(&root)
+/// The fixture L2 initrd with a second cpio appended that holds the L2 kernel's KVM modules
+/// under /kvm, so the guest can load kvm_amd (the fixture initrd has no KVM modules).
+fn initrd_with_kvm_modules() -> Vec<u8> {
+    let guest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest");
+    let mut initrd = std::fs::read(guest.join("initrd.img")).expect("guest initrd.img");
+    let release = std::fs::read_dir(guest.join("modules"))
         .expect("guest modules (scripts/fetch-guest.sh)")
         .filter_map(|e| e.ok())
         .map(|e| e.path())
@@ -68,7 +69,10 @@ fn kvm_modules_cpio() -> Vec<u8> {
         let data = std::fs::read(release.join(rel)).expect("KVM module in the guest modules");
         cpio.file(&format!("kvm/{name}"), 0o644, &data);
     }
-    cpio.finish()
+    // Concatenated newc archives must start 4-byte aligned.
+    initrd.resize(initrd.len().next_multiple_of(512), 0);
+    initrd.extend_from_slice(&cpio.finish());
+    initrd
 }
 
 fn qemu_run(cpu: &str, extra: &str, cmd: &str) -> String {
@@ -202,7 +206,7 @@ fn cpu_models_match_qemu_in_the_same_l1() {
     }
     script += &format!(
         "run ivmm-svm {}\n",
-        ivmm_run(&ivmm, "qemu64,+svm", "", svm_cmd)
+        ivmm_run_initrd(&ivmm, "qemu64,+svm", "", svm_cmd, "{files}/l2-kvm.img")
     );
     script += &format!(
         "run ivmm-topo {}\n",
@@ -218,7 +222,7 @@ fn cpu_models_match_qemu_in_the_same_l1() {
         qemu_run("host", "-smp 4,sockets=1,cores=2,threads=2", topo_cmd)
     );
     let opts = RunOptions::new()
-        .file("kvm-mods.cpio", &kvm_modules_cpio(), false)
+        .file("l2-kvm.img", &initrd_with_kvm_modules(), false)
         .host_binary(QEMU)
         .host_binary(&ivmm_host)
         .host_file("/usr/share/seabios/bios-microvm.bin")
