@@ -164,10 +164,14 @@ impl TryFrom<&RunArgs> for VmConfig {
             Some(t) => Topology::parse(t, args.vcpus)?,
             None => Topology::flat(args.vcpus),
         };
-        if let Some(max) = topology.apic_ids(args.vcpus).into_iter().max() {
+        // Gaps in the APIC ID space can push IDs past the xAPIC limit even
+        // when --vcpus is within it (the flat default has no gaps: that
+        // case is --vcpus's own check in `validate`).
+        if let Some(topo_arg) = &args.cpu_topology {
+            let max = topology.apic_id(args.vcpus.saturating_sub(1));
             if max > MAX_VCPUS_XAPIC {
                 return Err(ConfigError::ApicIdTooLarge {
-                    topology: args.cpu_topology.clone().unwrap_or_default(),
+                    topology: topo_arg.clone(),
                     apic_id: max,
                 });
             }
