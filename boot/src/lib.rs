@@ -4,6 +4,7 @@
 //! touches `/dev/kvm`; it uses kvm-bindings only for its data types.
 
 pub mod acpi;
+pub mod cpu_model;
 pub mod cpuid;
 pub mod kernel;
 pub mod layout;

@@ -25,9 +25,28 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE", default_value = "512M")]
     pub mem: String,
 
-    /// Number of vCPUs (one socket, one thread per core).
+    /// Number of vCPUs (one socket, one thread per core unless
+    /// --cpu-topology says otherwise).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub vcpus: u32,
+
+    /// CPU model: `host` (every feature this host's KVM supports) or a named
+    /// model as QEMU defines it (`ivmm cpu list`), with optional `,+FEATURE`,
+    /// `,-FEATURE` (names as in /proc/cpuinfo) and `,check=warn` to run
+    /// without features KVM cannot provide instead of refusing. `+vmx`/`+svm`
+    /// give the guest nested virtualization.
+    #[arg(long, value_name = "MODEL[,+FEAT][,-FEAT]", default_value = "host")]
+    pub cpu: String,
+
+    /// Guest CPU topology, e.g. `sockets=1,cores=2,threads=2`; the product
+    /// must equal --vcpus.
+    #[arg(long, value_name = "sockets=S,cores=C,threads=T")]
+    pub cpu_topology: Option<String>,
+
+    /// CPU template (JSON: CPUID register bitmaps and MSR values; `ivmm cpu
+    /// show MODEL --json` prints one to start from). Replaces --cpu.
+    #[arg(long, value_name = "FILE.json", conflicts_with = "cpu")]
+    pub cpu_template: Option<PathBuf>,
 
     /// Where COM1 (the guest console, ttyS0) goes: `stdio` (this terminal;
     /// input is forwarded), `file:PATH` (output appended to PATH, no input),

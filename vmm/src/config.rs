@@ -3,6 +3,9 @@
 
 use std::path::PathBuf;
 
+use boot::cpu_model::{CheckMode, CpuDefinition, CpuModelError, CpuSpec};
+use boot::cpuid::{Topology, TopologyError};
+
 use crate::cli::RunArgs;
 
 /// Smallest guest we boot: the kernel, its page tables and an initrd need
@@ -36,6 +39,30 @@ pub enum ConfigError {
     KernelMissing(PathBuf),
     #[error("--initrd {0}: no such file")]
     InitrdMissing(PathBuf),
+    #[error(transparent)]
+    Cpu(#[from] CpuModelError),
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    #[error("--cpu-template {path}: {message}")]
+    Template { path: PathBuf, message: String },
+    #[error("--cpu-topology {topology}: APIC ID {apic_id} is too large for xAPIC (at most 254)")]
+    ApicIdTooLarge { topology: String, apic_id: u32 },
+}
+
+/// The guest CPU: what to expose and what to do about features KVM lacks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuConfig {
+    pub definition: CpuDefinition,
+    pub check: CheckMode,
+}
+
+impl CpuConfig {
+    pub fn host() -> CpuConfig {
+        CpuConfig {
+            definition: CpuDefinition::host(),
+            check: CheckMode::Enforce,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +89,8 @@ pub struct VmConfig {
     pub console_log: Option<PathBuf>,
     pub on_reboot: OnReboot,
     pub shutdown_timeout_secs: u64,
+    pub cpu: CpuConfig,
+    pub topology: Topology,
 }
 
 /// Parses `512M`, `4G`, `1024` (bytes), `2T`; binary units.
@@ -106,6 +135,47 @@ impl TryFrom<&RunArgs> for VmConfig {
             "restart" => OnReboot::Restart,
             s => return Err(ConfigError::BadOnReboot(s.to_owned())),
         };
+        let cpu = match &args.cpu_template {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Template {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+                let definition = boot::cpu_model::template::parse(&text).map_err(|message| {
+                    ConfigError::Template {
+                        path: path.clone(),
+                        message,
+                    }
+                })?;
+                CpuConfig {
+                    definition,
+                    check: CheckMode::Enforce,
+                }
+            }
+            None => {
+                let spec = CpuSpec::parse(&args.cpu)?;
+                CpuConfig {
+                    definition: spec.definition()?,
+                    check: spec.check,
+                }
+            }
+        };
+        let topology = match &args.cpu_topology {
+            Some(t) => Topology::parse(t, args.vcpus)?,
+            None => Topology::flat(args.vcpus),
+        };
+        // Gaps in the APIC ID space can push IDs past the xAPIC limit even
+        // when --vcpus is within it (the flat default has no gaps: that
+        // case is --vcpus's own check in `validate`).
+        if let Some(topo_arg) = &args.cpu_topology {
+            let max = topology.apic_id(args.vcpus.saturating_sub(1));
+            if max > MAX_VCPUS_XAPIC {
+                return Err(ConfigError::ApicIdTooLarge {
+                    topology: topo_arg.clone(),
+                    apic_id: max,
+                });
+            }
+        }
         let config = VmConfig {
             kernel: args.kernel.clone(),
             initrd: args.initrd.clone(),
@@ -116,6 +186,8 @@ impl TryFrom<&RunArgs> for VmConfig {
             console_log: args.console_log.clone(),
             on_reboot,
             shutdown_timeout_secs: args.shutdown_timeout,
+            cpu,
+            topology,
         };
         config.validate(&args.mem)?;
         Ok(config)
@@ -192,6 +264,9 @@ mod tests {
             console_log: None,
             on_reboot: "exit".into(),
             shutdown_timeout: 30,
+            cpu: "host".into(),
+            cpu_topology: None,
+            cpu_template: None,
         }
     }
 
@@ -235,5 +310,35 @@ mod tests {
         assert_eq!(c.mem_bytes, 128 << 20);
         assert_eq!(c.serial, SerialMode::File("/tmp/x.log".into()));
         assert_eq!(c.on_reboot, OnReboot::Restart);
+    }
+
+    #[test]
+    fn cpu_options_become_a_definition_and_topology() {
+        let mut a = args();
+        a.cpu = "EPYC,-avx2,check=warn".into();
+        a.vcpus = 4;
+        a.cpu_topology = Some("sockets=1,cores=2,threads=2".into());
+        let c = VmConfig::try_from(&a).unwrap();
+        assert_eq!(c.cpu.check, CheckMode::Warn);
+        assert!(!c.cpu.definition.has("avx2"));
+        assert_eq!(c.topology.threads, 2);
+        let mut a = args();
+        a.cpu = "Pentium9".into();
+        assert!(VmConfig::try_from(&a)
+            .unwrap_err()
+            .to_string()
+            .contains("Pentium9"));
+        let mut a = args();
+        a.cpu_topology = Some("cores=2".into());
+        assert!(VmConfig::try_from(&a)
+            .unwrap_err()
+            .to_string()
+            .contains("--vcpus is 1"));
+        let mut a = args();
+        a.cpu_template = Some("/nonexistent/t.json".into());
+        assert!(VmConfig::try_from(&a)
+            .unwrap_err()
+            .to_string()
+            .contains("/nonexistent/t.json"));
     }
 }

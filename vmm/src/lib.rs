@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod cpu_cmd;
 pub mod event_loop;
 pub mod img;
 pub mod logger;

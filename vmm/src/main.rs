@@ -16,6 +16,8 @@ enum Command {
     Run(vmm::cli::RunArgs),
     /// Create, inspect, check, resize and convert disk images (qemu-img compatible).
     Img(vmm::img::ImgArgs),
+    /// List CPU models and show their features (for --cpu and --cpu-template).
+    Cpu(vmm::cpu_cmd::CpuArgs),
 }
 
 fn main() {
@@ -24,6 +26,7 @@ fn main() {
     let result = match cli.command {
         Command::Run(args) => vmm::run::main(args),
         Command::Img(args) => vmm::img::main(args),
+        Command::Cpu(args) => vmm::cpu_cmd::main(args),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -56,6 +56,8 @@ pub enum VcpuError {
         what: &'static str,
         source: kvm_ioctls::Error,
     },
+    #[error("vCPU {index}: KVM refused the template's MSR {msr:#x}")]
+    TemplateMsr { index: u32, msr: u32 },
     #[error("cannot start the thread for vCPU {index}: {source}")]
     Spawn { index: u32, source: std::io::Error },
 }
@@ -111,6 +113,35 @@ pub fn configure(
             .map_err(err("special registers"))?;
         fd.set_regs(&boot::regs::boot_regs(entry))
             .map_err(err("registers"))?;
+    }
+    Ok(())
+}
+
+/// Writes MSR values from a CPU template; KVM must take all of them.
+pub fn set_msrs(fd: &VcpuFd, index: u32, values: &[(u32, u64)]) -> Result<(), VcpuError> {
+    if values.is_empty() {
+        return Ok(());
+    }
+    let entries: Vec<kvm_msr_entry> = values
+        .iter()
+        .map(|&(index, data)| kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        })
+        .collect();
+    let msrs = Msrs::from_entries(&entries).map_err(|_| VcpuError::Setup {
+        index,
+        what: "template MSR list",
+        source: kvm_ioctls::Error::new(libc::E2BIG),
+    })?;
+    let written = fd.set_msrs(&msrs).map_err(|source| VcpuError::Setup {
+        index,
+        what: "template MSRs",
+        source,
+    })?;
+    if let Some((msr, _)) = values.get(written) {
+        return Err(VcpuError::TemplateMsr { index, msr: *msr });
     }
     Ok(())
 }

@@ -18,7 +18,8 @@ use devices::pci::{HostBridge, PciBus, PciConfigIo, PciConfigMmio};
 use devices::Bus;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
+    KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -73,6 +74,8 @@ pub enum VmError {
     },
     #[error(transparent)]
     Vcpu(#[from] vcpu::VcpuError),
+    #[error(transparent)]
+    Cpu(#[from] boot::cpu_model::CpuModelError),
     #[error("event loop: {0}")]
     EventLoop(String),
     #[error("{0}")]
@@ -306,7 +309,7 @@ fn load_guest(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<EntryPoint, Vm
 
     let mmio64 = memory_map::mmio64_window(config.mem_bytes);
     let tables = boot::acpi::build(&boot::acpi::AcpiConfig {
-        apic_ids: (0..config.vcpus).collect(),
+        apic_ids: config.topology.apic_ids(config.vcpus),
         mmio64: (mmio64.start, mmio64.size),
     })
     .map_err(|e| VmError::Acpi(e.to_string()))?;
@@ -332,6 +335,22 @@ fn load_guest(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<EntryPoint, Vm
     Ok(kernel.entry)
 }
 
+/// The host CPU's brand string registers (CPUID 0x8000_0002..4).
+fn host_brand() -> [[u32; 4]; 3] {
+    let mut out = [[0; 4]; 3];
+    for (i, regs) in out.iter_mut().enumerate() {
+        // `__cpuid` is a safe function on current Rust but unsafe on the
+        // workspace's minimum (1.80).
+        #[allow(unused_unsafe)]
+        // SAFETY: CPUID is available on every x86_64 CPU and has no side
+        // effects; leaves past the host's maximum return other data, not
+        // faults.
+        let r = unsafe { std::arch::x86_64::__cpuid(0x8000_0002 + i as u32) };
+        *regs = [r.eax, r.ebx, r.ecx, r.edx];
+    }
+    out
+}
+
 /// In-kernel IRQ chip and PIT, devices, guest image and configured vCPUs:
 /// everything but the memslots.
 fn build_machine(
@@ -355,14 +374,33 @@ fn build_machine(
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("reading supported CPUID"))?;
+    let cpu = &config.cpu;
+    let mut built = boot::cpu_model::build_cpuid(supported.as_slice(), &cpu.definition, cpu.check)?;
+    if cpu.definition.identity.is_none() {
+        boot::cpu_model::fill_host_brand(&mut built.entries, host_brand());
+    }
+    if !built.dropped.is_empty() {
+        eprintln!(
+            "ivmm: warning: --cpu {}: running without {} (this host's KVM cannot provide them)",
+            cpu.definition.name,
+            built.dropped.join(" ")
+        );
+    }
+    let model_cpuid = CpuId::from_entries(&built.entries).map_err(|_| {
+        VmError::Device(format!(
+            "{} CPUID entries are too many",
+            built.entries.len()
+        ))
+    })?;
     let mut vcpu_fds = Vec::new();
     for index in 0..config.vcpus {
         let fd = vm
-            .create_vcpu(u64::from(index))
+            .create_vcpu(u64::from(config.topology.apic_id(index)))
             .map_err(kvm_err("creating a vCPU"))?;
-        let mut cpuid = supported.clone();
-        boot::cpuid::patch_for_vcpu(cpuid.as_mut_slice(), index, config.vcpus);
+        let mut cpuid = model_cpuid.clone();
+        boot::cpuid::patch_for_vcpu(cpuid.as_mut_slice(), index, &config.topology);
         vcpu::configure(&fd, index, &cpuid, (index == 0).then_some(&entry))?;
+        vcpu::set_msrs(&fd, index, &cpu.definition.msrs)?;
         vcpu_fds.push(fd);
     }
     Ok((platform, vcpu_fds))
