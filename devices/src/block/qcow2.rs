@@ -161,7 +161,7 @@ pub fn vet_header(file: &StdFile, path: &Path) -> Result<QcowHeader> {
 /// pointer out of the image. Deeper damage is `ivmm img check`'s job.
 fn validate_pointers(file: &StdFile, path: &Path, h: &QcowHeader) -> Result<()> {
     let cs = h.cluster_size();
-    let file_len = file.metadata().map_err(|e| open_err(path, e))?.len();
+    let file_len = super::raw::file_size(file).map_err(|e| open_err(path, e))?;
     let bad = |msg: String| BlockError::NeedsRepair {
         path: path.to_path_buf(),
         msg,
