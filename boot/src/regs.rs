@@ -42,7 +42,7 @@ const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 /// Unpacks a descriptor into the form KVM takes.
 fn segment(index: u16) -> kvm_segment {
     let entry = GDT[usize::from(index)];
-    let base = (((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000)) as u64;
+    let base = ((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000);
     let limit_raw = ((entry & 0xffff) | ((entry >> 32) & 0xf_0000)) as u32;
     let g = ((entry >> 55) & 1) as u8;
     let limit = if g == 1 {

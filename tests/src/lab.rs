@@ -34,7 +34,7 @@ const L1_IVMM: &str = "/lab/bin/ivmm";
 /// L1 kernel command line: `panic=-1` + QEMU's `-no-reboot` turn an L1 panic into a QEMU exit.
 const L1_CMDLINE: &str = "console=ttyS0 panic=-1 quiet rdinit=/init";
 /// L1 memory: L2 guests get a few hundred MiB; the initramfs lives in RAM too.
-const L1_MEM_MIB: u32 = 2048;
+const L1_MEM_MIB: u32 = 6144;
 
 /// Where ivmm runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

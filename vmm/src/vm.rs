@@ -20,7 +20,7 @@ use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -154,20 +154,27 @@ fn serial_output(config: &VmConfig) -> Result<SerialOutput, VmError> {
     Ok(SerialOutput { sinks })
 }
 
-fn create_memory(vm: &VmFd, mem_bytes: u64) -> Result<GuestMemoryMmap, VmError> {
+/// Maps guest RAM in this process (lazily backed: nothing is touched yet).
+fn allocate_memory(mem_bytes: u64) -> Result<GuestMemoryMmap, VmError> {
     let ranges: Vec<(GuestAddress, usize)> = memory_map::ram_regions(mem_bytes)
         .iter()
         .map(|r| (GuestAddress(r.start), r.size as usize))
         .collect();
-    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| VmError::Memory {
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| VmError::Memory {
         mib: mem_bytes >> 20,
         detail: e.to_string(),
-    })?;
+    })
+}
+
+/// Hands guest RAM to KVM, one memslot per region. Each slot costs KVM a
+/// grace-period wait (milliseconds on some hosts), so `run` does this on a
+/// thread of its own while the rest of the VM is built.
+fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
     for (slot, region) in mem.iter().enumerate() {
         let host = mem
             .get_host_address(region.start_addr())
             .map_err(|e| VmError::Memory {
-                mib: mem_bytes >> 20,
+                mib: region.len() >> 20,
                 detail: e.to_string(),
             })?;
         let kvm_region = kvm_userspace_memory_region {
@@ -183,7 +190,7 @@ fn create_memory(vm: &VmFd, mem_bytes: u64) -> Result<GuestMemoryMmap, VmError> 
         unsafe { vm.set_user_memory_region(kvm_region) }
             .map_err(kvm_err("registering guest memory"))?;
     }
-    Ok(mem)
+    Ok(())
 }
 
 /// Devices the main loop needs handles to.
@@ -341,10 +348,15 @@ fn load_guest(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<EntryPoint, Vm
     Ok(kernel.entry)
 }
 
-/// Builds the VM described by `config`, runs it to the end, and says why
-/// it ended. `console_escape` enables the Ctrl-A escape on stdin.
-pub fn run(kvm: &Kvm, config: &VmConfig, console_escape: bool) -> Result<ExitReason, VmError> {
-    let vm = Arc::new(kvm.create_vm().map_err(kvm_err("creating the VM"))?);
+/// In-kernel IRQ chip and PIT, devices, guest image and configured vCPUs:
+/// everything but the memslots.
+fn build_machine(
+    kvm: &Kvm,
+    vm: &Arc<VmFd>,
+    mem: &GuestMemoryMmap,
+    config: &VmConfig,
+    control: &Arc<StopControl>,
+) -> Result<(Platform, Vec<VcpuFd>), VmError> {
     vm.set_tss_address(KVM_TSS_ADDRESS)
         .map_err(kvm_err("setting the TSS address"))?;
     vm.create_irq_chip()
@@ -354,16 +366,11 @@ pub fn run(kvm: &Kvm, config: &VmConfig, console_escape: bool) -> Result<ExitRea
         ..Default::default()
     })
     .map_err(kvm_err("creating the PIT"))?;
-    let mem = create_memory(&vm, config.mem_bytes)?;
-
-    let control = Arc::new(StopControl::new()?);
-    let platform = create_platform(&vm, &mem, config, &control)?;
-    let entry = load_guest(&mem, config)?;
-
+    let platform = create_platform(vm, mem, config, control)?;
+    let entry = load_guest(mem, config)?;
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("reading supported CPUID"))?;
-    let stop = Arc::new(AtomicBool::new(false));
     let mut vcpu_fds = Vec::new();
     for index in 0..config.vcpus {
         let fd = vm
@@ -374,6 +381,26 @@ pub fn run(kvm: &Kvm, config: &VmConfig, console_escape: bool) -> Result<ExitRea
         vcpu::configure(&fd, index, &cpuid, (index == 0).then_some(&entry))?;
         vcpu_fds.push(fd);
     }
+    Ok((platform, vcpu_fds))
+}
+
+/// Builds the VM described by `config`, runs it to the end, and says why
+/// it ended. `console_escape` enables the Ctrl-A escape on stdin.
+pub fn run(kvm: &Kvm, config: &VmConfig, console_escape: bool) -> Result<ExitReason, VmError> {
+    let vm = Arc::new(kvm.create_vm().map_err(kvm_err("creating the VM"))?);
+    let mem = allocate_memory(config.mem_bytes)?;
+    let control = Arc::new(StopControl::new()?);
+    let (platform, vcpu_fds) = std::thread::scope(|scope| {
+        let registration = std::thread::Builder::new()
+            .name("memslots".into())
+            .spawn_scoped(scope, || register_memory(&vm, &mem))?;
+        let built = build_machine(kvm, &vm, &mem, config, &control);
+        let registered = registration
+            .join()
+            .unwrap_or_else(|_| Err(VmError::EventLoop("memory registration panicked".into())));
+        registered.and(built)
+    })?;
+    let stop = Arc::new(AtomicBool::new(false));
 
     let mut events: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
         EventManager::new().map_err(|e| VmError::EventLoop(format!("{e:?}")))?;
