@@ -17,7 +17,7 @@ use vm_allocator::{AddressAllocator, AllocPolicy, RangeInclusive};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::config::{DiscardMode, VmConfig};
+use crate::config::{CacheMode, DiscardMode, VmConfig};
 use crate::interrupts::{GsiRouter, InterruptError};
 
 /// INTx pin A, as the `_PRT` numbers it.
@@ -78,6 +78,7 @@ pub fn add_disks(ctx: &mut PciContext<'_>, config: &VmConfig) -> Result<(), PciD
             &OpenOptions {
                 format: disk.format,
                 writable: !disk.readonly,
+                direct: disk.cache == CacheMode::None,
                 ..OpenOptions::default()
             },
         )

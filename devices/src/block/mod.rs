@@ -216,6 +216,8 @@ pub struct OpenOptions {
     pub force_share: bool,
     /// Open the backing chain (qcow2). `false` reads unallocated clusters as zeroes.
     pub open_backing: bool,
+    /// Bypass the host page cache (O_DIRECT) for data I/O.
+    pub direct: bool,
 }
 
 impl Default for OpenOptions {
@@ -225,6 +227,7 @@ impl Default for OpenOptions {
             writable: false,
             force_share: false,
             open_backing: true,
+            direct: false,
         }
     }
 }
@@ -236,11 +239,12 @@ pub fn open_disk(path: &Path, opts: &OpenOptions) -> Result<Box<dyn DiskBackend>
         None => (probe_format(path)?, true),
     };
     Ok(match format {
-        ImageFormat::Raw => Box::new(RawDisk::open(
+        ImageFormat::Raw => Box::new(RawDisk::open_with_cache(
             path,
             opts.writable,
             opts.force_share,
             probed,
+            opts.direct,
         )?),
         ImageFormat::Qcow2 => Box::new(Qcow2Disk::open(path, opts)?),
     })

@@ -107,6 +107,7 @@ fn open_storage(
     path: &Path,
     writable: bool,
     force_share: bool,
+    direct: bool,
 ) -> Result<(ImagoFile, StdFile, ImageLock)> {
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -122,7 +123,24 @@ fn open_storage(
     }
     let lock = ImageLock::acquire(&file, path, lock_mode(writable, force_share))?;
     let dup = file.try_clone().map_err(|e| open_err(path, e))?;
-    let opts = StorageOpenOptions::new().write(writable).filename(path);
+    // With O_DIRECT imago gets its own descriptor (and bounces unaligned
+    // requests); `dup` stays buffered for the header checks, and the lock
+    // lives on in `lock`'s own duplicate.
+    let file = if direct {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .map_err(|e| open_err(path, e))?
+    } else {
+        file
+    };
+    let opts = StorageOpenOptions::new()
+        .write(writable)
+        .direct(direct)
+        .filename(path);
     let storage = ImagoFile::from_open_file(file, opts).map_err(|e| open_err(path, e))?;
     Ok((storage, dup, lock))
 }
@@ -303,7 +321,8 @@ impl Qcow2Disk {
         for (i, layer) in chain.iter().enumerate().rev() {
             let top = i == 0;
             let writable = top && opts.writable;
-            let (storage, std_file, lock) = open_storage(&layer.path, writable, opts.force_share)?;
+            let (storage, std_file, lock) =
+                open_storage(&layer.path, writable, opts.force_share, opts.direct)?;
             locks.push(lock);
             let access = match layer.format {
                 ImageFormat::Raw => {

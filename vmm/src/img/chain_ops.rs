@@ -58,6 +58,7 @@ fn top_only(path: &Path, writable: bool) -> anyhow::Result<Qcow2Disk> {
             writable,
             force_share: false,
             open_backing: false,
+            direct: false,
         },
     )?)
 }
@@ -165,6 +166,7 @@ pub(super) fn rebase(a: RebaseArgs) -> anyhow::Result<i32> {
                 writable: true,
                 force_share: false,
                 open_backing: true,
+                direct: false,
             },
         )?;
         let new: Option<Box<dyn DiskBackend>> = match &new_backing {

@@ -191,6 +191,7 @@ pub(crate) fn open(
             writable,
             force_share,
             open_backing: true,
+            direct: false,
         },
     )?)
 }
@@ -484,6 +485,7 @@ fn resize(a: ResizeArgs) -> anyhow::Result<i32> {
                     writable: true,
                     force_share: false,
                     open_backing: false,
+                    direct: false,
                 },
             )?;
             q.resize(new)?;
