@@ -269,15 +269,18 @@ fn ivmm_path(_lab: &Lab) -> String {
 }
 
 /// Run options for a shell script that starts ivmm itself: the binary as
-/// `{files}/ivmm` (the harness creates no parent directories for host
-/// paths in L1) plus its shared libraries.
+/// `{files}/ivmm` plus its shared libraries (the harness creates no parent
+/// directories for host paths in L1, so `host_binary(ivmm)` would not do).
 fn shell_opts(lab: &Lab) -> RunOptions {
     let bin = lab.ivmm_binary().expect("ivmm binary");
     let bytes = std::fs::read(&bin).expect("read ivmm");
-    RunOptions::new()
+    let mut opts = RunOptions::new()
         .file("ivmm", &bytes, true)
-        .host_binary(bin)
-        .timeout(Duration::from_secs(300))
+        .timeout(Duration::from_secs(300));
+    for lib in ivmm_tests::shared_libs(&bin).expect("ivmm's shared libraries") {
+        opts = opts.host_file(lib);
+    }
+    opts
 }
 
 /// `ivmm run ...` for a shell script, the guest running `cmd`.
@@ -457,10 +460,7 @@ fn discard_shrinks_qcow2_and_reads_back_zeroes() {
          echo ACTUAL=$({qemu_img} info --output=json /tmp/t.qcow2 | grep actual-size)"
     );
     let out = lab
-        .run_shell(
-            &script,
-            shell_opts(&lab).host_binary(qemu_img),
-        )
+        .run_shell(&script, shell_opts(&lab).host_binary(qemu_img))
         .expect("lab run");
     let c = &out.console;
     assert!(c.contains("ivmm-rc=0"), "{c}\n{}", out.l1_log);
@@ -506,7 +506,11 @@ fn intx_fallback_serves_a_guest_without_msi() {
     let got = cmd_output(&out);
     let lines: Vec<&str> = got.lines().map(str::trim).collect();
     assert!(lines.first().is_some_and(|l| l.starts_with(&want)), "{got}");
-    assert_eq!(lines.last(), Some(&"0"), "no MSI interrupts expected: {got}");
+    assert_eq!(
+        lines.last(),
+        Some(&"0"),
+        "no MSI interrupts expected: {got}"
+    );
 }
 
 #[test]
@@ -521,7 +525,13 @@ fn snapshot_discards_guest_writes_and_leaves_the_image_alone() {
     let before = std::fs::read(&img).expect("image");
     let out = boot(
         &lab,
-        &["--snapshot", "--disk", "{disk0},format=qcow2", "--disk", "{disk1},format=raw"],
+        &[
+            "--snapshot",
+            "--disk",
+            "{disk0},format=qcow2",
+            "--disk",
+            "{disk1},format=raw",
+        ],
         &[&img, &raw],
         "dd if=/dev/zero of=/dev/vda bs=1M count=2 conv=fsync 2>/dev/null && \
          dd if=/dev/zero of=/dev/vdb bs=1M count=2 conv=fsync 2>/dev/null && \
@@ -534,8 +544,14 @@ fn snapshot_discards_guest_writes_and_leaves_the_image_alone() {
     let tail = s.path("tail");
     std::fs::write(&tail, &bytes[2 * MIB..]).expect("tail");
     assert!(got.contains(&format!("B={}", md5_hex(&tail))), "{got}");
-    assert!(std::fs::read(&img).expect("image") == before, "image changed");
-    assert!(std::fs::read(&raw).expect("raw") == bytes, "raw image changed");
+    assert!(
+        std::fs::read(&img).expect("image") == before,
+        "image changed"
+    );
+    assert!(
+        std::fs::read(&raw).expect("raw") == bytes,
+        "raw image changed"
+    );
 }
 
 #[test]
