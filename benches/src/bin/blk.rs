@@ -8,7 +8,7 @@
 //!
 //! Usage: `cargo run --release -p ivmm-benches --bin blk`
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -18,6 +18,9 @@ const MIB: u64 = 1 << 20;
 /// Image size; every job stays inside it.
 const IMAGE_MIB: u64 = 64;
 const EXIT_REQS: u64 = 2048;
+
+/// (image format, VMM, (job, MiB/s) list, KVM exits during the exit-counting job).
+type Row = (String, String, Vec<(String, f64)>, u64);
 
 /// Guest side: `T <job> <MiB> <start> <end>` lines, and markers for the exit sampling. Kept
 /// short: it travels base64-encoded on the kernel command line (2 KiB at most).
@@ -125,7 +128,7 @@ fn main() {
     let qemu = "/usr/bin/qemu-system-x86_64";
     let ivmm_libs = ivmm_tests::shared_libs(&ivmm_bin).expect("ivmm's shared libraries");
 
-    let mut rows: Vec<(String, String, Vec<(String, f64)>, u64)> = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     for (format, image) in [("raw", &raw), ("qcow2", &qcow)] {
         let ivmm = format!(
             "{{files}}/ivmm run --kernel {kernel} --initrd {initrd} --vcpus 2 --mem 512M \
@@ -185,6 +188,6 @@ fn main() {
     }
 }
 
-fn s(p: &PathBuf) -> &str {
+fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
