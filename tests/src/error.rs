@@ -43,6 +43,9 @@ pub enum LabError {
         phase: &'static str,
         log: String,
     },
+    /// The guest kernel stopped (halt, power-off or restart message) but ivmm kept running.
+    #[error("the guest kernel stopped but ivmm was still running {grace:?} later (killed; \"System halted\" instead of \"Power down\" means the guest found no ACPI power-off); console tail:\n{console}")]
+    VmmDidNotExit { grace: Duration, console: String },
     /// The guest never printed the result of its command (`IVMM-CMD-EXIT=`).
     #[error("guest command gave no result (no IVMM-CMD-EXIT line; ivmm exit {ivmm_exit}); console tail:\n{console}")]
     NoGuestResult { ivmm_exit: i32, console: String },

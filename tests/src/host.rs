@@ -111,6 +111,7 @@ impl LabLock {
         let dir = std::env::temp_dir().join("ivmm-lab.lock");
         let me = std::process::id();
         let mut told = false;
+        let started = std::time::Instant::now();
         loop {
             match fs::create_dir(&dir) {
                 Ok(()) => {
@@ -128,6 +129,15 @@ impl LabLock {
                                     dir.display()
                                 );
                                 told = true;
+                            }
+                            if started.elapsed() > LOCK_WAIT_MAX {
+                                return Err(LabError::Host {
+                                    step: format!("taking the lab lock {}", dir.display()),
+                                    detail: format!(
+                                        "held by pid {pid} for over {LOCK_WAIT_MAX:?}; if that \
+                                         is no lab run, remove the directory"
+                                    ),
+                                });
                             }
                         }
                         // The owner died, or is between mkdir and writing its pid: only take
@@ -153,6 +163,9 @@ impl LabLock {
         }
     }
 }
+
+/// Longest wait for another lab run: several long runs, not a lost lock.
+const LOCK_WAIT_MAX: Duration = Duration::from_secs(30 * 60);
 
 fn lock_owner(dir: &Path) -> Option<u32> {
     fs::read_dir(dir).ok()?.find_map(|entry| {

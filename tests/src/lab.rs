@@ -19,18 +19,23 @@ use crate::runner::{self, Framing, RunSpec, StdinStep, Trigger, MARK_RUN_EXIT, M
 /// Default timeout of a nested run: a whole L2 boot takes 9–17 s on 2 shared cores (LAB.md);
 /// this leaves room for a busy machine without a hung VMM costing many minutes.
 pub const NESTED_TIMEOUT: Duration = Duration::from_secs(150);
+/// How long ivmm may keep running after the guest kernel said it stopped.
+pub const GUEST_END_GRACE: Duration = Duration::from_secs(20);
 /// Default timeout of a direct run.
 pub const DIRECT_TIMEOUT: Duration = Duration::from_secs(60);
 
 const SETUP_HINT: &str = "run scripts/setup.sh";
 const FETCH_HINT: &str = "run scripts/fetch-guest.sh";
-/// L1 paths of the L2 artifacts (fixed in the L1 base initramfs).
+/// L1 paths of the L2 artifacts: L1's `/init` mounts the guest disk (`guest.ext4`) on `/guest`.
 const L1_BZIMAGE: &str = "/guest/bzImage";
 const L1_VMLINUX: &str = "/guest/vmlinux";
 const L1_INITRD: &str = "/guest/initrd.img";
 /// Per-run directory in L1; `{files}` is `/lab/files`.
 const L1_FILES: &str = "/lab/files";
 const L1_IVMM: &str = "/lab/bin/ivmm";
+/// Extra disks carry the virtio serial `lab-disk-N`; `run.sh` links `/dev/lab-disk-N` to them
+/// (the guest disk and PCI probing order make `vdX` names unreliable).
+const DISK_SERIAL_PREFIX: &str = "lab-disk-";
 /// L1 kernel command line: `panic=-1` + QEMU's `-no-reboot` turn an L1 panic into a QEMU exit.
 const L1_CMDLINE: &str = "console=ttyS0 panic=-1 quiet rdinit=/init";
 /// L1 memory: L2 guests get a few hundred MiB; the initramfs lives in RAM too.
@@ -61,7 +66,7 @@ struct Fixtures {
     vmlinux: PathBuf,
     initrd: PathBuf,
     l1_base: PathBuf,
-    l1_vmlinux: PathBuf,
+    guest_disk: PathBuf,
 }
 
 /// Options of one run. `RunOptions::default()` uses the mode's default timeout.
@@ -72,6 +77,7 @@ pub struct RunOptions {
     files: Vec<(String, Vec<u8>, u32)>,
     host_files: Vec<(PathBuf, bool)>,
     disks: Vec<PathBuf>,
+    keep_running_after_guest_end: bool,
 }
 
 impl RunOptions {
@@ -125,8 +131,20 @@ impl RunOptions {
         self
     }
 
+    /// Do not fail a run whose ivmm keeps running more than [`GUEST_END_GRACE`] after the
+    /// guest kernel printed that it halted, powered off or restarted (e.g. `--on-reboot
+    /// restart` tests).
+    pub fn keep_running_after_guest_end(mut self) -> Self {
+        self.keep_running_after_guest_end = true;
+        self
+    }
+
+    fn guest_end_grace(&self) -> Option<Duration> {
+        (!self.keep_running_after_guest_end).then_some(GUEST_END_GRACE)
+    }
+
     /// Attaches a raw disk image: `{disk0}`, `{disk1}`, … in arguments (Nested: a virtio disk
-    /// of L1, `/dev/vda`, `/dev/vdb`, …; Direct: the image path itself).
+    /// of L1 seen as `/dev/lab-disk-0`, `/dev/lab-disk-1`, …; Direct: the image path itself).
     pub fn disk(mut self, image: impl Into<PathBuf>) -> Self {
         self.disks.push(image.into());
         self
@@ -179,7 +197,7 @@ impl Lab {
             vmlinux: guest.join("vmlinux"),
             initrd: guest.join("initrd.img"),
             l1_base: lab_dir.join("l1-base.cpio"),
-            l1_vmlinux: lab_dir.join("l1-vmlinux.cpio"),
+            guest_disk: lab_dir.join("guest.ext4"),
         };
         let mut needed = vec![
             ("guest kernel (bzImage)", &fixtures.bzimage),
@@ -189,7 +207,7 @@ impl Lab {
         let mut qemu = None;
         if mode == Mode::Nested {
             needed.push(("L1 lab initramfs", &fixtures.l1_base));
-            needed.push(("L1 vmlinux initramfs", &fixtures.l1_vmlinux));
+            needed.push(("L1 guest disk", &fixtures.guest_disk));
             qemu = Some(host::which("qemu-system-x86_64").ok_or(LabError::Missing {
                 what: "qemu-system-x86_64",
                 path: PathBuf::from("$PATH"),
@@ -263,8 +281,9 @@ impl Lab {
     }
 
     /// Runs a shell script (busybox sh in L1; `sh` on the host in Direct mode) where ivmm would
-    /// run, in `{files}`, with the same placeholders as [`Lab::run_ivmm`]; `ivmm_exit` of the
-    /// outcome is the script's exit status.
+    /// run, in `{files}`, with the same placeholders as [`Lab::run_ivmm`] plus `{ivmm}` (the
+    /// binary, brought into L1 when the script names it: e.g. to signal a running ivmm);
+    /// `ivmm_exit` of the outcome is the script's exit status.
     pub fn run_shell(&self, script: &str, opts: RunOptions) -> Result<LabOutcome> {
         self.run(Job::Shell(script.to_string()), &opts, false)
     }
@@ -287,7 +306,7 @@ impl Lab {
 
     /// Runs ivmm (or, with `shell`, a shell) with the terminal attached: console output goes
     /// to stdout as it comes, stdin goes to ivmm. Returns ivmm's exit status. For humans
-    /// (`scripts/lab`); in Nested mode `Ctrl-A x` quits QEMU.
+    /// (`scripts/lab`); in Nested mode `Ctrl-A x` quits QEMU, `Ctrl-A Ctrl-A` sends `Ctrl-A`.
     pub fn run_interactive(&self, args: &[String], shell: bool) -> Result<i32> {
         let job = if shell {
             // In L1 the console is no controlling tty yet: cttyhack makes it one (job control,
@@ -306,15 +325,11 @@ impl Lab {
             return Ok(exit_code(status));
         }
         let opts = RunOptions::default();
-        let outcome = self.run_inner(job, &opts, true)?;
+        let outcome = self.run(job, &opts, true)?;
         Ok(outcome.ivmm_exit)
     }
 
-    fn run(&self, job: Job, opts: &RunOptions, passthrough: bool) -> Result<LabOutcome> {
-        self.run_inner(job, opts, passthrough)
-    }
-
-    fn run_inner(&self, job: Job, opts: &RunOptions, interactive: bool) -> Result<LabOutcome> {
+    fn run(&self, job: Job, opts: &RunOptions, interactive: bool) -> Result<LabOutcome> {
         match self.mode {
             Mode::Direct => self.run_direct(&job, opts),
             Mode::Nested => self.run_nested(&job, opts, interactive),
@@ -335,18 +350,25 @@ impl Lab {
                 ),
                 ("initrd".into(), self.fixtures.initrd.display().to_string()),
                 ("files".into(), files_dir.display().to_string()),
+                (
+                    "ivmm".into(),
+                    self.ivmm_binary()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|_| "{ivmm}".into()),
+                ),
             ],
             Mode::Nested => vec![
                 ("bzimage".into(), L1_BZIMAGE.into()),
                 ("vmlinux".into(), L1_VMLINUX.into()),
                 ("initrd".into(), L1_INITRD.into()),
                 ("files".into(), L1_FILES.into()),
+                ("ivmm".into(), L1_IVMM.into()),
             ],
         };
         for (i, disk) in opts.disks.iter().enumerate() {
             let value = match self.mode {
                 Mode::Direct => disk.display().to_string(),
-                Mode::Nested => format!("/dev/vd{}", virtio_disk_letter(i)),
+                Mode::Nested => format!("/dev/{DISK_SERIAL_PREFIX}{i}"),
             };
             map.push((format!("disk{i}"), value));
         }
@@ -374,6 +396,9 @@ impl Lab {
                 cmd
             }
             Job::Shell(script) => {
+                if script.contains("{ivmm}") {
+                    self.ivmm_binary()?;
+                }
                 let mut cmd = Command::new("sh");
                 cmd.arg("-c").arg(expand(script, &map)?);
                 cmd
@@ -398,6 +423,7 @@ impl Lab {
             stdin: &opts.stdin,
             passthrough: false,
             merge_stderr: true,
+            guest_end_grace: opts.guest_end_grace(),
         };
         let raw = runner::run(cmd, job.name(), &spec)?;
         let chunks: Vec<(usize, Duration)> = raw
@@ -415,6 +441,16 @@ impl Lab {
         })
     }
 
+    /// Puts the ivmm binary at [`L1_IVMM`] and its shared libraries at their host paths.
+    fn add_ivmm(&self, cpio: &mut CpioWriter) -> Result<()> {
+        let ivmm = self.ivmm_binary()?;
+        add_host_file(cpio, &ivmm, Some(L1_IVMM))?;
+        for lib in host::shared_libs(&ivmm)? {
+            add_host_file(cpio, &lib, None)?;
+        }
+        Ok(())
+    }
+
     /// The per-run cpio: `/lab/run.sh`, the job, its files, and host files/binaries.
     fn run_cpio(&self, job: &Job, opts: &RunOptions) -> Result<Vec<u8>> {
         let mut cpio = CpioWriter::new();
@@ -422,11 +458,7 @@ impl Lab {
         let map = self.placeholders(opts, Path::new(L1_FILES));
         let command = match job {
             Job::Ivmm(args) => {
-                let ivmm = self.ivmm_binary()?;
-                add_host_file(&mut cpio, &ivmm, Some(L1_IVMM))?;
-                for lib in host::shared_libs(&ivmm)? {
-                    add_host_file(&mut cpio, &lib, None)?;
-                }
+                self.add_ivmm(&mut cpio)?;
                 let mut words = vec![L1_IVMM.to_string()];
                 for arg in args {
                     words.push(shell_quote(&expand(arg, &map)?));
@@ -434,6 +466,9 @@ impl Lab {
                 words.join(" ")
             }
             Job::Shell(script) => {
+                if script.contains("{ivmm}") {
+                    self.add_ivmm(&mut cpio)?;
+                }
                 let script = expand(script, &map)?;
                 cpio.file("/lab/script.sh", 0o755, script.as_bytes());
                 "sh /lab/script.sh".to_string()
@@ -456,6 +491,10 @@ impl Lab {
             "#!/bin/sh\n\
              # Generated per run by the ivmm test harness.\n\
              stty raw -echo 2>/dev/null\n\
+             for b in /sys/block/vd*; do\n\
+             \x20 s=$(cat \"$b/serial\" 2>/dev/null)\n\
+             \x20 case \"$s\" in {DISK_SERIAL_PREFIX}*) ln -sf \"/dev/${{b##*/}}\" \"/dev/$s\" ;; esac\n\
+             done\n\
              cd {L1_FILES}\n\
              echo {MARK_RUN_START}\n\
              {command}\n\
@@ -474,23 +513,11 @@ impl Lab {
             hint: SETUP_HINT,
         })?;
         let run_cpio = self.run_cpio(job, opts)?;
-        let needs_vmlinux = match job {
-            Job::Ivmm(args) => args.iter().any(|a| a.contains("{vmlinux}")),
-            Job::Shell(script) => script.contains("{vmlinux}") || script.contains(L1_VMLINUX),
-        };
         let tmp = TempDir::new("ivmm-lab")?;
         let initrd = tmp.path().join("l1-initrd.cpio");
-        let mut parts = vec![self.fixtures.l1_base.clone()];
-        if needs_vmlinux {
-            parts.push(self.fixtures.l1_vmlinux.clone());
-        }
-        let mut image = Vec::new();
-        for part in &parts {
-            let data = fs::read(part).map_err(|e| {
-                LabError::io(format!("reading {} ({FETCH_HINT}?)", part.display()), e)
-            })?;
-            image.extend_from_slice(&data);
-        }
+        let base = &self.fixtures.l1_base;
+        let mut image = fs::read(base)
+            .map_err(|e| LabError::io(format!("reading {} ({FETCH_HINT}?)", base.display()), e))?;
         image.extend_from_slice(&run_cpio);
         fs::write(&initrd, &image)
             .map_err(|e| LabError::io(format!("writing {}", initrd.display()), e))?;
@@ -515,7 +542,10 @@ impl Lab {
             .arg("-initrd")
             .arg(&initrd)
             .args(["-append", L1_CMDLINE]);
-        for disk in &opts.disks {
+        let mut guest_disk = std::ffi::OsString::from("if=virtio,format=raw,readonly=on,file=");
+        guest_disk.push(self.fixtures.guest_disk.as_os_str());
+        cmd.arg("-drive").arg(guest_disk);
+        for (i, disk) in opts.disks.iter().enumerate() {
             if !disk.is_file() {
                 return Err(LabError::Missing {
                     what: "disk image",
@@ -523,9 +553,13 @@ impl Lab {
                     hint: "create it before the run",
                 });
             }
-            let mut spec = std::ffi::OsString::from("if=virtio,format=raw,cache=unsafe,file=");
+            let mut spec = std::ffi::OsString::from(format!(
+                "if=none,id=labdisk{i},format=raw,cache=unsafe,file="
+            ));
             spec.push(disk.as_os_str());
-            cmd.arg("-drive").arg(spec);
+            cmd.arg("-drive").arg(spec).arg("-device").arg(format!(
+                "virtio-blk-pci,drive=labdisk{i},serial={DISK_SERIAL_PREFIX}{i}"
+            ));
         }
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd.stdin(if interactive {
@@ -547,6 +581,7 @@ impl Lab {
             stdin: &opts.stdin,
             passthrough: interactive,
             merge_stderr: false,
+            guest_end_grace: opts.guest_end_grace(),
         };
         let raw = runner::run(cmd, "qemu-system-x86_64 (L1)", &spec)?;
         nested_outcome(&raw)
@@ -676,11 +711,6 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-fn virtio_disk_letter(index: usize) -> char {
-    // /dev/vda.. /dev/vdz; more disks than that are not a lab use case.
-    char::from(b'a' + u8::try_from(index.min(25)).unwrap_or(25))
-}
-
 fn add_host_file(cpio: &mut CpioWriter, path: &Path, at: Option<&str>) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let data =
@@ -727,14 +757,14 @@ mod tests {
     fn map() -> Vec<(String, String)> {
         vec![
             ("bzimage".into(), "/guest/bzImage".into()),
-            ("disk0".into(), "/dev/vda".into()),
+            ("disk0".into(), "/dev/lab-disk-0".into()),
         ]
     }
 
     #[test]
     fn expand_replaces_placeholders_inside_words() {
         let got = expand("path={bzimage},x={disk0}", &map()).expect("expands");
-        assert_eq!(got, "path=/guest/bzImage,x=/dev/vda");
+        assert_eq!(got, "path=/guest/bzImage,x=/dev/lab-disk-0");
     }
 
     #[test]

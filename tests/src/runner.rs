@@ -20,6 +20,13 @@ const MAX_MARKER_LEN: usize = 32;
 /// How long output may stay open after the child exited (a background grandchild holding
 /// stdout) before the run is considered over.
 const LINGER_AFTER_EXIT: Duration = Duration::from_millis(500);
+/// What the guest kernel prints when it stops (`kernel_halt`, `kernel_power_off`,
+/// `kernel_restart`); printed even with `quiet`.
+const GUEST_END_MARKERS: [&str; 3] = [
+    "reboot: System halted",
+    "reboot: Power down",
+    "reboot: Restarting system",
+];
 /// Poll interval for noticing that the child exited while its stdout stays open.
 const EXIT_POLL: Duration = Duration::from_millis(250);
 
@@ -147,6 +154,9 @@ pub(crate) struct RunSpec<'a> {
     pub passthrough: bool,
     /// Stderr is merged into the output (direct runs: ivmm's stderr is part of its console).
     pub merge_stderr: bool,
+    /// Once the guest kernel printed that it halted/powered off/restarted, ivmm must exit
+    /// within this time, or the run fails at once instead of at the timeout.
+    pub guest_end_grace: Option<Duration>,
 }
 
 /// Spawns `cmd` (stdout/stderr must be piped, stdin piped iff `spec.stdin` is not empty) and
@@ -182,6 +192,8 @@ pub(crate) fn run(mut cmd: Command, what: &str, spec: &RunSpec<'_>) -> Result<Ra
         scan_from: 0,
         stdin,
         passthrough_done: false,
+        guest_ended: None,
+        end_scan: 0,
     };
     if spec.framing == Framing::Direct {
         state.console_from = Some(0);
@@ -193,7 +205,11 @@ pub(crate) fn run(mut cmd: Command, what: &str, spec: &RunSpec<'_>) -> Result<Ra
     let mut exited_at: Option<Instant> = None;
     while out_open {
         let poll = Instant::now() + EXIT_POLL;
-        let wake = [deadline, state.next_delay_fire(), Some(poll)]
+        let grace_end = state
+            .guest_ended
+            .zip(spec.guest_end_grace)
+            .map(|(t, g)| t + g + EXIT_POLL);
+        let wake = [deadline, state.next_delay_fire(), grace_end, Some(poll)]
             .into_iter()
             .flatten()
             .min();
@@ -214,6 +230,16 @@ pub(crate) fn run(mut cmd: Command, what: &str, spec: &RunSpec<'_>) -> Result<Ra
             Err(RecvTimeoutError::Timeout) => {}
         }
         state.feed_stdin()?;
+        if let (Some(ended), Some(grace)) = (state.guest_ended, spec.guest_end_grace) {
+            if ended.elapsed() > grace && exited_at.is_none() {
+                guard.kill();
+                let console = state.console_text();
+                return Err(LabError::VmmDidNotExit {
+                    grace,
+                    console: tail(&console, 40),
+                });
+            }
+        }
         if let (Some(deadline), Some(timeout)) = (deadline, spec.timeout) {
             if Instant::now() >= deadline {
                 guard.kill();
@@ -268,6 +294,10 @@ struct State<'a> {
     stdin: Option<ChildStdin>,
     /// Passthrough has reached the end-of-run marker.
     passthrough_done: bool,
+    /// When the guest kernel said it stopped.
+    guest_ended: Option<Instant>,
+    /// Where to look for the guest-end markers.
+    end_scan: usize,
 }
 
 impl State<'_> {
@@ -299,24 +329,46 @@ impl State<'_> {
                 None => self.frame_scan = self.out.len().saturating_sub(MAX_MARKER_LEN),
             }
         }
+        if let (Some(from), None) = (self.console_from, self.guest_ended) {
+            let from = from.max(self.end_scan);
+            let hay = &self.out[from..];
+            let run_over = find(hay, format!("\n{MARK_RUN_EXIT}").as_bytes()).is_some();
+            if !run_over
+                && GUEST_END_MARKERS
+                    .iter()
+                    .any(|m| find(hay, m.as_bytes()).is_some())
+            {
+                self.guest_ended = Some(at);
+            }
+            self.end_scan = self.out.len().saturating_sub(MAX_MARKER_LEN);
+        }
         if self.spec.passthrough && !self.passthrough_done {
             if let Some(from) = self.console_from {
                 let from = from.max(old_len);
-                // Stop at the end-of-run marker: what follows is L1 shutting down.
-                let exit_marker = format!("\n{MARK_RUN_EXIT}");
-                let end = match find(&self.out[from..], exit_marker.as_bytes()) {
+                // Stop at the end-of-run marker: what follows is L1 shutting down. The marker
+                // may have started in an earlier read.
+                let look = from
+                    .saturating_sub(MAX_MARKER_LEN)
+                    .max(self.console_from.unwrap_or(0));
+                let end = match find(&self.out[look..], MARK_RUN_EXIT.as_bytes()) {
                     Some(pos) => {
                         self.passthrough_done = true;
-                        from + pos + 1
+                        look + pos
                     }
                     None => self.out.len(),
                 };
+                let end = end.max(from);
                 let mut stdout = std::io::stdout().lock();
                 let _ = stdout.write_all(&self.out[from..end]);
                 let _ = stdout.flush();
             }
         }
         Ok(())
+    }
+
+    fn console_text(&self) -> String {
+        let from = self.console_from.unwrap_or(0);
+        String::from_utf8_lossy(&self.out[from..]).replace("\r\n", "\n")
     }
 
     fn next_delay_fire(&self) -> Option<Instant> {
@@ -399,6 +451,7 @@ mod tests {
             stdin: &[],
             passthrough: false,
             merge_stderr: true,
+            guest_end_grace: None,
         };
         let cmd = sh("echo out; echo err >&2; exit 3");
         let raw = run(cmd, "sh", &spec).expect("runs");
@@ -425,11 +478,36 @@ mod tests {
             stdin: &steps,
             passthrough: false,
             merge_stderr: true,
+            guest_end_grace: None,
         };
         let mut cmd = sh("printf 'ready>'; read a; read b; echo \"got $a $b\"");
         cmd.stdin(Stdio::piped());
         let raw = run(cmd, "sh", &spec).expect("runs");
         assert!(String::from_utf8_lossy(&raw.out).contains("got hello bye"));
+    }
+
+    #[test]
+    fn vmm_lingering_after_guest_power_off_fails_fast() {
+        let spec = RunSpec {
+            framing: Framing::Direct,
+            timeout: Some(Duration::from_secs(30)),
+            stdin: &[],
+            passthrough: false,
+            merge_stderr: true,
+            guest_end_grace: Some(Duration::from_millis(300)),
+        };
+        let started = Instant::now();
+        let err = run(
+            sh("echo '[ 1.0] reboot: Power down'; exec sleep 30"),
+            "sh",
+            &spec,
+        )
+        .err();
+        assert!(
+            matches!(err, Some(LabError::VmmDidNotExit { .. })),
+            "{err:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     #[test]
@@ -440,6 +518,7 @@ mod tests {
             stdin: &[],
             passthrough: false,
             merge_stderr: true,
+            guest_end_grace: None,
         };
         let started = Instant::now();
         let err = run(sh("echo started; exec sleep 30"), "sh", &spec).err();

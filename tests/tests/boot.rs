@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ivmm_tests::{GuestBoot, GuestKernel, Lab, LabOutcome, RunOptions};
+use ivmm_tests::{GuestBoot, GuestKernel, Lab, LabOutcome, Mode, RunOptions};
 
 fn lab() -> Lab {
     Lab::detect().expect("lab prerequisites (run scripts/setup.sh and scripts/fetch-guest.sh)")
@@ -167,8 +167,10 @@ fn console_input_reaches_the_guest_shell() {
     let lab = lab();
     // No guest command: init starts an interactive shell on ttyS0.
     let boot = GuestBoot::new();
+    // Type only once the prompt is there: busybox's line editor asks the terminal for the
+    // cursor position first and would take earlier input as the answer.
     let opts = RunOptions::new()
-        .send_after_marker("IVMM-GUEST-INIT", b"echo answer-$((6*7))\n")
+        .send_after_marker("/ # ", b"echo answer-$((6*7))\n")
         .send_after_marker("answer-42", b"poweroff -f\n")
         .timeout(Duration::from_secs(240));
     let out = lab.boot(&boot, opts).expect("lab run");
@@ -197,24 +199,20 @@ fn reboot_exits_zero_for_acpi_keyboard_and_triple_fault_resets() {
 #[test]
 fn reboot_restart_boots_the_guest_again() {
     let lab = lab();
-    let ivmm = lab.ivmm_binary().expect("ivmm binary");
     let cmdline = GuestBoot::new()
         .command("echo BOOTED; reboot -f")
         .full_cmdline()
         .expect("cmdline");
     let script = format!(
-        "{ivmm} run --kernel {{bzimage}} --initrd {{initrd}} --on-reboot restart \
+        "{{ivmm}} run --kernel {{bzimage}} --initrd {{initrd}} --on-reboot restart \
            --serial file:boot.log --cmdline '{cmdline}' </dev/null & pid=$!; \
          n=0; while [ $n -lt 900 ]; do \
            c=$(grep -c '^BOOTED' boot.log 2>/dev/null); [ \"${{c:-0}}\" -ge 2 ] && break; \
            sleep 0.2; n=$((n+1)); done; \
          kill -0 $pid && echo STILL-RUNNING; kill -9 $pid; \
          echo BOOTS=$(grep -c '^BOOTED' boot.log)",
-        ivmm = ivmm.display()
     );
-    let opts = RunOptions::new()
-        .host_binary(&ivmm)
-        .timeout(Duration::from_secs(300));
+    let opts = RunOptions::new().timeout(Duration::from_secs(300));
     let out = lab.run_shell(&script, opts).expect("lab run");
     assert!(out.console.contains("STILL-RUNNING"), "{}", explain(&out));
     assert!(out.console.contains("BOOTS=2"), "{}", explain(&out));
@@ -237,20 +235,16 @@ fn guest_panic_is_reported_through_pvpanic() {
 #[test]
 fn sigterm_presses_the_power_button_and_the_guest_powers_off() {
     let lab = lab();
-    let ivmm = lab.ivmm_binary().expect("ivmm binary");
     let cmdline = GuestBoot::new().full_cmdline().expect("cmdline");
     let script = format!(
-        "{ivmm} run --kernel {{bzimage}} --initrd {{initrd}} --serial file:boot.log \
+        "{{ivmm}} run --kernel {{bzimage}} --initrd {{initrd}} --serial file:boot.log \
            --shutdown-timeout 120 --cmdline '{cmdline}' </dev/null 2>err.log & pid=$!; \
          n=0; until grep -q IVMM-GUEST-INIT boot.log 2>/dev/null || [ $n -ge 900 ]; do \
            sleep 0.2; n=$((n+1)); done; sleep 2; \
          kill -TERM $pid; wait $pid; echo IVMM-RC=$?; cat err.log; \
          grep -c 'reboot: Power down' boot.log",
-        ivmm = ivmm.display()
     );
-    let opts = RunOptions::new()
-        .host_binary(&ivmm)
-        .timeout(Duration::from_secs(300));
+    let opts = RunOptions::new().timeout(Duration::from_secs(300));
     let out = lab.run_shell(&script, opts).expect("lab run");
     assert!(out.console.contains("IVMM-RC=0"), "{}", explain(&out));
     assert!(
@@ -258,4 +252,36 @@ fn sigterm_presses_the_power_button_and_the_guest_powers_off() {
         "{}",
         explain(&out)
     );
+}
+
+/// On a terminal, Ctrl-A x quits ivmm (status 4) and the terminal settings are restored.
+#[test]
+fn escape_key_quits_and_the_terminal_is_restored() {
+    let lab = lab();
+    let cmdline = GuestBoot::new().full_cmdline().expect("cmdline");
+    // In the nested lab ivmm's stdin is L1's console, a terminal. Run directly, the harness
+    // pipes stdin, so util-linux `script` provides a pseudo-terminal.
+    let run = format!(
+        "[ -t 0 ] && echo STDIN-IS-TTY; before=$(stty -g); \
+         {{ivmm}} run --kernel {{bzimage}} --initrd {{initrd}} --cmdline '{cmdline}'; rc=$?; \
+         [ \"$before\" = \"$(stty -g)\" ] && echo TTY-RESTORED; echo IVMM-RC=$rc"
+    );
+    let launcher = match lab.mode() {
+        Mode::Nested => "sh escape-test.sh",
+        Mode::Direct => "script -qec 'sh escape-test.sh' /dev/null",
+    };
+    // The harness expands placeholders in the whole script, here-document included.
+    let script = format!("cat > escape-test.sh <<'EOS'\n{run}\nEOS\n{launcher}\n");
+    let opts = RunOptions::new()
+        .send_after_marker("IVMM-GUEST-INIT", b"\x01x")
+        .timeout(Duration::from_secs(240));
+    let out = lab.run_shell(&script, opts).expect("lab run");
+    assert!(out.console.contains("STDIN-IS-TTY"), "{}", explain(&out));
+    assert!(out.console.contains("IVMM-RC=4"), "{}", explain(&out));
+    assert!(
+        out.console.contains("quit from the console"),
+        "{}",
+        explain(&out)
+    );
+    assert!(out.console.contains("TTY-RESTORED"), "{}", explain(&out));
 }

@@ -112,22 +112,9 @@ fn l2_fixture_boots_under_qemu_kvm_in_the_lab() {
         .command(guest_cmd)
         .full_cmdline()
         .expect("cmdline");
-    let (kernel, initrd) = match lab.mode() {
-        Mode::Nested => (
-            "/guest/bzImage".to_string(),
-            "/guest/initrd.img".to_string(),
-        ),
-        Mode::Direct => {
-            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest");
-            (
-                root.join("bzImage").display().to_string(),
-                root.join("initrd.img").display().to_string(),
-            )
-        }
-    };
     let script = format!(
         "{qemu} -accel kvm -M microvm -cpu host -smp 2 -m 256 -nodefaults -no-reboot \
-         -display none -serial stdio -kernel {kernel} -initrd {initrd} -append '{cmdline}'"
+         -display none -serial stdio -kernel {{bzimage}} -initrd {{initrd}} -append '{cmdline}'"
     );
     let opts = RunOptions::new()
         .host_binary(qemu)

@@ -72,8 +72,8 @@ Console:
 
 Exit status:
   0   the guest powered off, or rebooted with --on-reboot exit
-  1   ivmm failed (bad configuration, KVM error, a vCPU failed)
-  2   bad command line
+  1   ivmm failed (KVM error, a file that is not a kernel, a vCPU failed)
+  2   bad command line: an invalid option value or a missing file
   3   the guest kernel panicked (reported through pvpanic)
   4   stopped by Ctrl-A x, or hard-stopped after a signal and the timeout
 
@@ -81,6 +81,10 @@ Signals:
   SIGTERM, SIGINT and SIGHUP press the ACPI power button; if the guest has not
   powered off after --shutdown-timeout seconds (or on a second signal), ivmm
   stops it hard and exits with status 4.
+
+Logging:
+  IVMM_LOG=error|warn|info|debug|trace sets how much ivmm reports on stderr
+  (default warn).
 
 Example:
   ivmm run --kernel bzImage --initrd initrd.img --mem 1G --vcpus 2 \\

@@ -7,6 +7,7 @@ pub mod control;
 pub mod event_loop;
 pub mod img;
 pub mod interrupts;
+pub mod logger;
 pub mod pci_devices;
 pub mod run;
 pub mod snapshot;

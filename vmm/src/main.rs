@@ -19,6 +19,7 @@ enum Command {
 }
 
 fn main() {
+    vmm::logger::init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => vmm::run::main(args),

@@ -36,6 +36,11 @@ impl RawTerminal {
     }
 }
 
+/// Whether this process has the terminal in raw mode right now.
+pub fn is_raw() -> bool {
+    SAVED.lock().map(|s| s.is_some()).unwrap_or(false)
+}
+
 /// Restores the saved settings, if any; safe to call more than once.
 pub fn restore() {
     let saved = SAVED.lock().unwrap_or_else(|p| p.into_inner()).take();

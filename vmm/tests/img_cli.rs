@@ -75,6 +75,18 @@ fn bad_input_fails_in_one_line_and_creates_nothing() {
     assert_fails(&["bogus-verb"], "bogus-verb");
     assert!(!new.exists(), "a failed command created {n}");
 
+    // check on raw: qemu-img's exit code 63.
+    let raw = d.join("r.raw");
+    ivmm_ok(&["create", "-q", "-f", "raw", p(&raw), "1M"]);
+    let o = ivmm(&["check", "-f", "raw", p(&raw)]);
+    assert_eq!(o.status.code(), Some(63));
+    assert_eq!(
+        run("qemu-img", &["check", "-f", "raw", p(&raw)])
+            .status
+            .code(),
+        Some(63)
+    );
+
     // A missing backing file of an existing overlay.
     let ov = d.join("ov.qcow2");
     ivmm_ok(&[

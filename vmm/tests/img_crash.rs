@@ -126,6 +126,11 @@ fn sigkilled_writer_leaves_consistent_image_with_flushed_data() {
 
         // No corruption (leaks are allowed after a crash).
         let (code, v) = qemu_check(&img);
+        if code != 0 && code != 3 {
+            if let Ok(keep) = std::env::var("IVMM_CRASH_KEEP") {
+                std::fs::copy(&img, keep).unwrap();
+            }
+        }
         assert!(
             code == 0 || code == 3,
             "round {round}: qemu-img check {code}: {v}"

@@ -142,6 +142,7 @@ fn qemu_written_images_read_identically_through_ivmm() {
             "config {cfg}: data differs"
         );
         drop(disk);
+        compare_info(&img, false);
         // ivmm check agrees with qemu-img check on a clean image.
         let o = ivmm(&["check", "--output", "json", p(&img)]);
         assert_eq!(
@@ -156,6 +157,8 @@ fn qemu_written_images_read_identically_through_ivmm() {
             "total-clusters",
             "allocated-clusters",
             "compressed-clusters",
+            "fragmented-clusters",
+            "image-end-offset",
             "check-errors",
             "leaks",
             "corruptions",
@@ -511,4 +514,45 @@ fn commit_and_rebase_match_qemu_semantics() {
     assert_qemu_clean(&ov2);
     assert_same_as_model(&base, &view, d);
     assert_same_as_model(&ov2, &view, d);
+}
+
+#[test]
+fn writes_to_images_with_internal_snapshots_keep_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let img = d.join("snap.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=4k",
+        p(&img),
+        "4M",
+    ]);
+    let mut model = vec![0u8; 4 << 20];
+    let mut rng = Rng(21);
+    qemu_random_writes(&img, &mut model, &mut rng, 20);
+    let snap_model = model.clone();
+    qemu_img(&["snapshot", "-c", "s1", p(&img)]);
+    match open_disk(
+        &img,
+        &OpenOptions {
+            format: Some(ImageFormat::Qcow2),
+            writable: true,
+            ..Default::default()
+        },
+    ) {
+        Ok(disk) => {
+            ivmm_random_writes(disk.as_ref(), &mut model, &mut rng, 40);
+            drop(disk);
+            assert_qemu_clean(&img);
+            assert_same_as_model(&img, &model, d);
+            qemu_img(&["snapshot", "-a", "s1", p(&img)]);
+            assert_same_as_model(&img, &snap_model, d);
+        }
+        // Refusing is acceptable, as long as it says why.
+        Err(e) => assert!(e.to_string().contains("snapshot"), "{e}"),
+    }
 }

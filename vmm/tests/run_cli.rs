@@ -139,3 +139,21 @@ fn bad_input_is_refused_by_name() {
         "does not fit",
     );
 }
+
+#[test]
+fn failed_vcpu_exits_one_with_registers_and_explains_pvm_hosts() {
+    require_kvm();
+    let dir = scratch("fatal");
+    let kernel = write(
+        &dir,
+        "mmio.elf",
+        &common::tiny_guest::pvh_elf_executing_mmio(),
+    );
+    let out = run(&["--kernel", &kernel]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("vCPU 0 stopped"), "{err}");
+    assert!(err.contains("rip="), "{err}");
+    let pvm = Path::new("/sys/module/kvm_pvm").exists();
+    assert_eq!(err.contains("cannot run unmodified kernels"), pvm, "{err}");
+}

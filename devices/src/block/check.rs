@@ -27,6 +27,8 @@ const OFLAG_COMPRESSED: u64 = 1 << 62;
 const L1_RESERVED: u64 = 0x7f00_0000_0000_01ff;
 /// Reserved bits of a standard L2 entry (1..=8 and 56..=61).
 const L2_RESERVED: u64 = 0x3f00_0000_0000_01fe;
+/// Most host clusters `check` accounts for (2 GiB of counters).
+const MAX_CHECK_CLUSTERS: u64 = 1 << 28;
 /// QEMU's limit for L1 tables (QCOW_MAX_L1_SIZE, 32 MiB).
 const MAX_L1_BYTES: u64 = 32 << 20;
 /// QEMU's limit for the refcount table (QCOW_MAX_REFTABLE_SIZE, 8 MiB).
@@ -390,6 +392,14 @@ fn analyse(file: &File, path: &Path, repair: Repair) -> Result<Analysis, CheckEr
     let file_len = file.metadata().map_err(ioe(path))?.len();
     let cs = h.cluster_size();
     let nb_clusters = file_len.div_ceil(cs);
+    // One counter per host cluster is kept in memory; refuse absurd (sparse,
+    // crafted) files instead of exhausting memory.
+    if nb_clusters > MAX_CHECK_CLUSTERS {
+        return Err(CheckError::Header {
+            path: path.to_path_buf(),
+            msg: format!("file too large to check ({nb_clusters} clusters of {cs} bytes)"),
+        });
+    }
     let mut w = Walker {
         file,
         path,

@@ -58,10 +58,36 @@ pub struct Qcow2Disk {
     size: AtomicU64,
     read_only: bool,
     header: QcowHeader,
-    /// The top image file (buffered), for punching holes where discarded
-    /// clusters were freed: imago frees them in the refcounts only.
-    top_file: Option<StdFile>,
+    /// Which L1 entries are known to point at an L2 table (writable images).
+    l1_shadow: std::sync::Mutex<L1Shadow>,
+    /// Page-cached fd of the top image for our own metadata reads.
+    meta_file: StdFile,
     _locks: Vec<ImageLock>,
+}
+
+/// Shadow of the on-disk L1 table: see [`Qcow2Disk::order_new_l2_tables`].
+#[derive(Debug, Default)]
+struct L1Shadow {
+    offset: u64,
+    known: Vec<bool>,
+}
+
+impl L1Shadow {
+    fn load(file: &StdFile, h: &QcowHeader) -> L1Shadow {
+        let n = h.l1_size as usize;
+        let mut buf = vec![0u8; n * 8];
+        let known = if pread_all(file, buf.as_mut_ptr(), buf.len(), h.l1_table_offset).is_ok() {
+            buf.chunks_exact(8)
+                .map(|c| c.iter().any(|&b| b != 0))
+                .collect()
+        } else {
+            vec![false; n]
+        };
+        L1Shadow {
+            offset: h.l1_table_offset,
+            known,
+        }
+    }
 }
 
 /// Resolves a backing file name as QEMU does: relative names are relative to
@@ -113,9 +139,11 @@ fn open_storage(
     force_share: bool,
     direct: bool,
 ) -> Result<(ImagoFile, StdFile, ImageLock)> {
+    use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(writable)
+        .custom_flags(if direct { libc::O_DIRECT } else { 0 })
         .open(path)
         .map_err(|e| open_err(path, e))?;
     let meta = file.metadata().map_err(|e| open_err(path, e))?;
@@ -126,20 +154,11 @@ fn open_storage(
         });
     }
     let lock = ImageLock::acquire(&file, path, lock_mode(writable, force_share))?;
-    let dup = file.try_clone().map_err(|e| open_err(path, e))?;
-    // With O_DIRECT imago gets its own descriptor (and bounces unaligned
-    // requests); `dup` stays buffered for the header checks, and the lock
-    // lives on in `lock`'s own duplicate.
-    let file = if direct {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(writable)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-            .map_err(|e| open_err(path, e))?
+    // Our own metadata reads use unaligned buffers: give them a page-cached fd.
+    let dup = if direct {
+        std::fs::File::open(path).map_err(|e| open_err(path, e))?
     } else {
-        file
+        file.try_clone().map_err(|e| open_err(path, e))?
     };
     let opts = StorageOpenOptions::new()
         .write(writable)
@@ -329,6 +348,9 @@ impl Qcow2Disk {
             let (storage, std_file, lock) =
                 open_storage(&layer.path, writable, opts.force_share, opts.direct)?;
             locks.push(lock);
+            if top {
+                top_file = Some(std_file.try_clone().map_err(|e| open_err(path, e))?);
+            }
             let access = match layer.format {
                 ImageFormat::Raw => {
                     let raw = Raw::builder(storage)
@@ -346,16 +368,13 @@ impl Qcow2Disk {
                         .map_err(|e| imago_open_err(&layer.path, e))?;
                     if top {
                         top_header = Some(header);
-                        if writable {
-                            top_file = std_file.try_clone().ok();
-                        }
                     }
                     FormatAccess::new(q)
                 }
             };
             backing = Some(access);
         }
-        let (Some(access), Some(header)) = (backing, top_header) else {
+        let (Some(access), Some(header), Some(meta_file)) = (backing, top_header, top_file) else {
             return Err(BlockError::Unsupported {
                 path: path.to_path_buf(),
                 msg: "not a qcow2 image".into(),
@@ -366,10 +385,49 @@ impl Qcow2Disk {
             access: RwLock::new(access),
             path: path.to_path_buf(),
             read_only: !opts.writable,
+            l1_shadow: std::sync::Mutex::new(L1Shadow::load(&meta_file, &header)),
+            meta_file,
             header,
-            top_file,
             _locks: locks,
         })
+    }
+
+    /// Crash-consistency workaround for imago 0.2.6: when imago allocates a new
+    /// L2 table it writes the L1 entry at once but keeps the refcount increment
+    /// of the new cluster in its refblock cache, so a process killed before the
+    /// next flush leaves an L2 table with refcount 0 (a corruption). After each
+    /// write we look (in the page-cached file, 8 bytes per not-yet-seen L1
+    /// entry) whether an L1 entry appeared, and if so write back imago's caches
+    /// right away. This shrinks the window from "until the next guest flush" to
+    /// the few instructions between imago's L1 write and our flush; closing it
+    /// needs the ordering fix in imago itself.
+    fn order_new_l2_tables(&self, access: &Access, offset: u64, len: u64) -> Result<()> {
+        if self.read_only || len == 0 {
+            return Ok(());
+        }
+        let span_bits = 2 * self.header.cluster_bits - 3;
+        let first = (offset >> span_bits) as usize;
+        let last = ((offset + len - 1) >> span_bits) as usize;
+        let mut shadow = self.l1_shadow.lock().unwrap_or_else(|p| p.into_inner());
+        let mut appeared = false;
+        for i in first..=last {
+            if shadow.known.get(i).copied().unwrap_or(true) {
+                continue;
+            }
+            let mut e = [0u8; 8];
+            let at = shadow.offset + i as u64 * 8;
+            pread_all(&self.meta_file, e.as_mut_ptr(), 8, at)
+                .map_err(|e| self.io_err("read", e))?;
+            if e != [0u8; 8] {
+                shadow.known[i] = true;
+                appeared = true;
+            }
+        }
+        drop(shadow);
+        if appeared {
+            access.flush().map_err(|e| self.io_err("flush", e))?;
+        }
+        Ok(())
     }
 
     /// The header as read at open time.
@@ -412,6 +470,7 @@ impl Qcow2Disk {
             access
                 .write(&zeroes[..n], offset)
                 .map_err(|e| self.io_err("write zeroes", e))?;
+            self.order_new_l2_tables(access, offset, n as u64)?;
             offset += n as u64;
         }
         Ok(())
@@ -422,7 +481,7 @@ impl Qcow2Disk {
     /// internal snapshot shares clusters).
     fn whole_data_clusters(&self, access: &Access, offset: u64, len: u64) -> Vec<(u64, u64)> {
         let cs = self.header.cluster_size();
-        if self.top_file.is_none() || self.header.nb_snapshots != 0 || cs == 0 {
+        if self.read_only || self.header.nb_snapshots != 0 || cs == 0 {
             return Vec::new();
         }
         let Some(end) = offset.checked_add(len) else {
@@ -452,7 +511,7 @@ impl Qcow2Disk {
     /// Gives freed clusters' host space back (best effort: failure only
     /// costs space).
     fn punch_freed(&self, ranges: &[(u64, u64)]) {
-        let Some(file) = &self.top_file else { return };
+        let file = &self.meta_file;
         for &(host, len) in ranges {
             let (Ok(off), Ok(l)) = (i64::try_from(host), i64::try_from(len)) else {
                 continue;
@@ -524,30 +583,12 @@ impl Qcow2Disk {
             .map_err(|e| self.io_err("resize", e))?;
         access.flush().map_err(|e| self.io_err("flush", e))?;
         self.size.store(access.size(), Ordering::Release);
-        Ok(())
-    }
-
-    /// Preallocates `[0, size)` as data clusters (metadata or full).
-    pub fn preallocate(&self, full: bool) -> Result<()> {
-        self.check_writable()?;
-        let access = self.access();
-        let size = access.size();
-        let mut off = 0;
-        while off < size {
-            let (_, _, len) = access
-                .ensure_data_mapping(off, size - off, false)
-                .map_err(|e| self.io_err("preallocate", e))?;
-            if len == 0 {
-                break;
-            }
-            if full {
-                // Data clusters of a new image are zero-filled on allocation by imago's
-                // COW of an unallocated range; write zeroes explicitly for "full".
-                self.write_zero_buffers(&access, off, len)?;
-            }
-            off += len;
+        // The L1 table may have moved or grown.
+        if let Ok(h) = QcowHeader::read(&self.meta_file, &self.path) {
+            *self.l1_shadow.lock().unwrap_or_else(|p| p.into_inner()) =
+                L1Shadow::load(&self.meta_file, &h);
         }
-        access.flush().map_err(|e| self.io_err("flush", e))
+        Ok(())
     }
 }
 
@@ -572,9 +613,11 @@ impl DiskBackend for Qcow2Disk {
         self.check_writable()?;
         check_range(offset, sg_len(bufs), self.size())?;
         let (iov, _guard) = IoVector::from_volatile_slice(bufs.iter());
-        self.access()
+        let access = self.access();
+        access
             .writev(iov, offset)
-            .map_err(|e| self.io_err("write", e))
+            .map_err(|e| self.io_err("write", e))?;
+        self.order_new_l2_tables(&access, offset, sg_len(bufs))
     }
 
     fn flush(&self) -> Result<()> {
@@ -593,6 +636,7 @@ impl DiskBackend for Qcow2Disk {
         let freed = self.whole_data_clusters(&access, offset, len);
         match access.discard_to_zero(offset, len) {
             Ok(()) => {
+                self.order_new_l2_tables(&access, offset, len)?;
                 self.punch_freed(&freed);
                 Ok(())
             }
@@ -609,7 +653,7 @@ impl DiskBackend for Qcow2Disk {
         check_range(offset, len, self.size())?;
         let access = self.access();
         match access.write_zeroes(offset, len) {
-            Ok(()) => Ok(()),
+            Ok(()) => self.order_new_l2_tables(&access, offset, len),
             Err(e) if e.kind() == ErrorKind::Unsupported => {
                 self.write_zero_buffers(&access, offset, len)
             }

@@ -28,12 +28,12 @@ pub struct RawDisk {
 impl RawDisk {
     /// Opens `path` as a raw image, taking QEMU-compatible locks.
     pub fn open(path: &Path, writable: bool, force_share: bool, probed: bool) -> Result<RawDisk> {
-        Self::open_with_cache(path, writable, force_share, probed, false)
+        Self::open_with(path, writable, force_share, probed, false)
     }
 
     /// Like [`RawDisk::open`]; `direct` adds an O_DIRECT descriptor for
     /// aligned data I/O (bypassing the host page cache).
-    pub fn open_with_cache(
+    pub fn open_with(
         path: &Path,
         writable: bool,
         force_share: bool,
@@ -454,7 +454,7 @@ mod tests {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
         let f = tempfile::NamedTempFile::new_in(dir).unwrap();
         f.as_file().set_len(1 << 20).unwrap();
-        let d = RawDisk::open_with_cache(f.path(), true, false, false, true).unwrap();
+        let d = RawDisk::open_with(f.path(), true, false, false, true).unwrap();
         assert!(d.direct.is_some());
         // A 4096-aligned buffer goes through O_DIRECT, an odd one through
         // the buffered descriptor; both land.

@@ -14,7 +14,7 @@ use ivmm_tests::Lab;
 const USAGE: &str = "usage: lab run [--] IVMM-ARGS... | lab shell | lab mode\n\
     placeholders in IVMM-ARGS: {bzimage} {vmlinux} {initrd}\n\
     example: scripts/lab run run --kernel {bzimage} --initrd {initrd} --cmdline console=ttyS0\n\
-    nested mode: Ctrl-A x quits QEMU";
+    nested mode: Ctrl-A x quits QEMU (L1) at once, Ctrl-A Ctrl-A x sends ivmm its Ctrl-A x";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -38,6 +38,10 @@ pub struct ConvertArgs {
     /// Show progress on a terminal.
     #[arg(short = 'p')]
     progress: bool,
+    /// Target cache mode: unsafe (default, no flush, as qemu-img), writeback,
+    /// writethrough, none, directsync (flush at the end).
+    #[arg(short = 't', default_value = "unsafe")]
+    cache: String,
     #[arg(short = 'U', long = "force-share")]
     force_share: bool,
     #[arg(short = 'q')]
@@ -67,6 +71,11 @@ pub(super) fn convert(a: ConvertArgs) -> anyhow::Result<i32> {
     if co.prealloc != Prealloc::Off && out_format == ImageFormat::Qcow2 {
         bail!("preallocation is not supported by ivmm img convert for qcow2 output");
     }
+    let sync = match a.cache.as_str() {
+        "unsafe" => false,
+        "writeback" | "writethrough" | "none" | "directsync" => true,
+        o => bail!("invalid cache mode '{o}'"),
+    };
     if a.dst.is_dir() {
         bail!("could not create '{}': is a directory", a.dst.display());
     }
@@ -79,7 +88,9 @@ pub(super) fn convert(a: ConvertArgs) -> anyhow::Result<i32> {
             create_raw(&a.dst, size, co.prealloc)?;
             let dst = RawDisk::open(&a.dst, true, false, false)?;
             convert_to_raw(src.as_ref(), &dst, &mut progress)?;
-            dst.flush()?;
+            if sync {
+                dst.flush()?;
+            }
         }
         ImageFormat::Qcow2 => {
             let backing = match &a.backing {
@@ -110,6 +121,7 @@ pub(super) fn convert(a: ConvertArgs) -> anyhow::Result<i32> {
                 a.compress,
                 backing.as_ref().map(|b| b.2.as_ref()),
                 &mut progress,
+                sync,
             );
             if let Err(e) = res {
                 // Never delete a file we did not create (it may be in use).
@@ -183,6 +195,7 @@ fn convert_to_qcow2(
     compress: bool,
     backing: Option<&dyn DiskBackend>,
     progress: &mut Progress,
+    sync: bool,
 ) -> anyhow::Result<()> {
     let size = src.size();
     let cs = q.cluster_size;
@@ -281,6 +294,6 @@ fn convert_to_qcow2(
         off += n;
         progress.update(off, size);
     }
-    w.finish()?;
+    w.finish(sync)?;
     Ok(())
 }

@@ -15,6 +15,8 @@ use super::{opt_format, require_file, InfoArgs};
 /// Facts about one image.
 struct ImageInfo {
     filename: String,
+    /// Length of the image file (the "file" child node's virtual size).
+    file_len: u64,
     format: ImageFormat,
     virtual_size: u64,
     actual_size: u64,
@@ -48,6 +50,7 @@ fn read_info(path: &Path, format: ImageFormat, force_share: bool) -> anyhow::Res
         .map(|b| resolve_backing(path, b).display().to_string());
     Ok(ImageInfo {
         filename: path.display().to_string(),
+        file_len: meta.len(),
         format,
         virtual_size,
         actual_size,
@@ -58,6 +61,22 @@ fn read_info(path: &Path, format: ImageFormat, force_share: bool) -> anyhow::Res
 
 fn to_json(i: &ImageInfo) -> Value {
     let mut m = Map::new();
+    // The protocol node below the format node, as qemu-img shows it.
+    m.insert(
+        "children".into(),
+        json!([{
+            "name": "file",
+            "info": {
+                "children": [],
+                "virtual-size": i.file_len,
+                "filename": i.filename,
+                "format": "file",
+                "actual-size": i.actual_size,
+                "format-specific": {"type": "file", "data": {}},
+                "dirty-flag": false
+            }
+        }]),
+    );
     m.insert("virtual-size".into(), i.virtual_size.into());
     m.insert("filename".into(), i.filename.clone().into());
     if let Some(h) = &i.header {

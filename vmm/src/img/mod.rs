@@ -341,7 +341,12 @@ fn check(a: CheckArgs) -> anyhow::Result<i32> {
         None => probe_format(&a.file)?,
     };
     if format != ImageFormat::Qcow2 {
-        bail!("this image format does not support checks");
+        // qemu-img's exit code for "format does not support checks".
+        eprintln!(
+            "ivmm: '{}': this image format does not support checks",
+            a.file.display()
+        );
+        return Ok(63);
     }
     // Hold the same locks as a reader (or writer when repairing) while checking.
     let mode = match (repair, a.force_share) {

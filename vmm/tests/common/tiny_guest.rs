@@ -24,7 +24,17 @@ const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
 
 /// An ELF64 vmlinux look-alike with a PVH entry note.
 pub fn pvh_elf(byte: u8) -> Vec<u8> {
-    let code = code(byte);
+    pvh_elf_with_code(&code(byte))
+}
+
+/// A PVH guest that jumps into the unbacked 32-bit PCI hole: no KVM can fetch instructions
+/// there, so the vCPU stops with an internal (emulation) error.
+pub fn pvh_elf_executing_mmio() -> Vec<u8> {
+    // mov eax, 0xd0000000; jmp eax
+    pvh_elf_with_code(&[0xb8, 0x00, 0x00, 0x00, 0xd0, 0xff, 0xe0])
+}
+
+fn pvh_elf_with_code(code: &[u8]) -> Vec<u8> {
     let ehdr_size = 64u64;
     let phdr_size = 56u64;
     let note_off = ehdr_size + 2 * phdr_size;
@@ -68,7 +78,7 @@ pub fn pvh_elf(byte: u8) -> Vec<u8> {
     phdr(&mut f, 4, 4, note_off, 0, note.len() as u64, 4); // PT_NOTE
     f.extend_from_slice(&note);
     f.resize(code_off as usize, 0);
-    f.extend_from_slice(&code);
+    f.extend_from_slice(code);
     f
 }
 
