@@ -286,6 +286,11 @@ fn shell_opts(lab: &Lab) -> RunOptions {
     opts.host_binary("/usr/bin/qemu-img")
 }
 
+/// Shell prelude: wait (bounded) until `{files}/ivmm` can be executed, and
+/// say what L1 has if it cannot.
+const WAIT_FOR_IVMM: &str = "i=0; until {files}/ivmm --version >/dev/null 2>&1; do \
+    i=$((i+1)); [ $i -gt 100 ] && { ls -l {files} /lib64 2>&1 | head; break; }; sleep 0.2; done\n";
+
 /// `ivmm run ...` for a shell script, the guest running `cmd`.
 fn ivmm_command(lab: &Lab, args: &[&str], cmd: &str) -> String {
     let args = GuestBoot::new()
@@ -325,7 +330,7 @@ fn second_writer_is_refused_with_a_clear_message() {
         "true",
     );
     let script = format!(
-        "{first} & P=$!\n\
+        "{WAIT_FOR_IVMM}{first} & P=$!\n\
          i=0; until grep -q FIRST-UP /tmp/first.log 2>/dev/null; do i=$((i+1)); [ $i -gt 600 ] && break; sleep 0.2; done\n\
          {second}; echo second-rc=$?\n\
          {readonly}; echo readonly-rc=$?\n\
@@ -419,7 +424,7 @@ fn synced_data_survives_kill_9_of_ivmm() {
          echo SYNCED; sleep 600",
     );
     let script = format!(
-        "{run} & P=$!\n\
+        "{WAIT_FOR_IVMM}{run} & P=$!\n\
          i=0; until grep -q SYNCED /tmp/g.log 2>/dev/null; do i=$((i+1)); [ $i -gt 900 ] && break; sleep 0.2; done\n\
          kill -9 $P; wait $P; echo killed-rc=$?; grep SUM= /tmp/g.log"
     );
