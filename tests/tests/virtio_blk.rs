@@ -306,7 +306,7 @@ fn ivmm_command(lab: &Lab, args: &[&str], cmd: &str) -> String {
 }
 
 #[test]
-#[ignore = "harness: in shell runs with a disk attached, the per-run files ({files}/ivmm) and host libraries do not reach L1 (`ls /lab/files` is empty); passes once the lab carries them"]
+#[ignore = "harness: in shell runs with a disk attached, the per-run files ({files}/ivmm) and host libraries do not reach L1 (`ls /lab/files` is empty); so ivmm never starts there; the checks after that point have not run yet"]
 fn second_writer_is_refused_with_a_clear_message() {
     let lab = lab();
     let s = Scratch::new("lock");
@@ -403,7 +403,7 @@ fn mkfs_files_and_poweroff_leave_a_clean_ext2_on_qcow2() {
 }
 
 #[test]
-#[ignore = "harness: in shell runs with a disk attached, the per-run files ({files}/ivmm) and host libraries do not reach L1 (`ls /lab/files` is empty); passes once the lab carries them"]
+#[ignore = "harness: in shell runs with a disk attached, the per-run files ({files}/ivmm) and host libraries do not reach L1 (`ls /lab/files` is empty); so ivmm never starts there; the checks after that point have not run yet"]
 fn synced_data_survives_kill_9_of_ivmm() {
     let lab = lab();
     let s = Scratch::new("kill");
