@@ -8,6 +8,7 @@ pub mod legacy;
 pub mod pci;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
 

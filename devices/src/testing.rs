@@ -40,3 +40,99 @@ impl Interrupt for CountingInterrupt {
         Ok(())
     }
 }
+
+/// Records MSI-X routes and triggers.
+#[derive(Default)]
+pub struct RecordingMsi {
+    routes: Mutex<Vec<(u16, crate::pci::msix::MsiMessage)>>,
+    triggers: Mutex<Vec<u16>>,
+}
+
+impl RecordingMsi {
+    pub fn routes(&self) -> Vec<(u16, crate::pci::msix::MsiMessage)> {
+        self.routes.lock().unwrap().clone()
+    }
+    pub fn triggers(&self) -> Vec<u16> {
+        self.triggers.lock().unwrap().clone()
+    }
+}
+
+impl crate::pci::msix::MsiVectors for RecordingMsi {
+    fn set_route(&self, vector: u16, msg: crate::pci::msix::MsiMessage) -> std::io::Result<()> {
+        self.routes.lock().unwrap().push((vector, msg));
+        Ok(())
+    }
+    fn trigger(&self, vector: u16) -> std::io::Result<()> {
+        self.triggers.lock().unwrap().push(vector);
+        Ok(())
+    }
+}
+
+/// A disk in host memory that records flushes and discards.
+#[derive(Debug)]
+pub struct MemDisk {
+    pub bytes: Mutex<Vec<u8>>,
+    pub read_only: bool,
+    pub flushes: AtomicUsize,
+}
+
+impl MemDisk {
+    pub fn new(size: usize, read_only: bool) -> Self {
+        Self {
+            bytes: Mutex::new((0..size).map(|i| (i % 251) as u8).collect()),
+            read_only,
+            flushes: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl crate::block::DiskBackend for MemDisk {
+    fn size(&self) -> u64 {
+        self.bytes.lock().unwrap().len() as u64
+    }
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+    fn read_vectored(
+        &self,
+        offset: u64,
+        bufs: &[vm_memory::VolatileSlice<'_>],
+    ) -> crate::block::Result<()> {
+        let b = self.bytes.lock().unwrap();
+        let mut at = offset as usize;
+        let total: usize = bufs.iter().map(|s| s.len()).sum();
+        assert!(at + total <= b.len(), "device read past the end");
+        for s in bufs {
+            s.copy_from(&b[at..at + s.len()]);
+            at += s.len();
+        }
+        Ok(())
+    }
+    fn write_vectored(
+        &self,
+        offset: u64,
+        bufs: &[vm_memory::VolatileSlice<'_>],
+    ) -> crate::block::Result<()> {
+        assert!(!self.read_only, "device wrote a read-only disk");
+        let mut b = self.bytes.lock().unwrap();
+        let mut at = offset as usize;
+        for s in bufs {
+            assert!(at + s.len() <= b.len(), "device wrote past the end");
+            s.copy_to(&mut b[at..at + s.len()]);
+            at += s.len();
+        }
+        Ok(())
+    }
+    fn flush(&self) -> crate::block::Result<()> {
+        self.flushes.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    fn discard(&self, offset: u64, len: u64) -> crate::block::Result<()> {
+        self.write_zeroes(offset, len)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> crate::block::Result<()> {
+        let mut b = self.bytes.lock().unwrap();
+        b[offset as usize..(offset + len) as usize].fill(0);
+        Ok(())
+    }
+}

@@ -64,6 +64,18 @@ pub struct RunArgs {
     #[arg(long, value_name = "ACTION", default_value = "exit")]
     pub on_reboot: String,
 
+    /// A virtio-blk disk: `PATH[,format=raw|qcow2][,readonly=on][,serial=ID]
+    /// [,cache=writeback|none][,discard=unmap|ignore]`. Repeatable; disks
+    /// appear in order as /dev/vda, /dev/vdb, ... The format is probed when
+    /// not given (a probed raw image may not be turned into qcow2 by the guest).
+    #[arg(long, value_name = "SPEC")]
+    pub disk: Vec<String>,
+
+    /// Run every disk on a temporary qcow2 overlay that is deleted on exit;
+    /// the images themselves are only read.
+    #[arg(long)]
+    pub snapshot: bool,
+
     /// Seconds to wait after SIGTERM (which presses the ACPI power button)
     /// for the guest to power off before stopping it hard.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]

@@ -47,6 +47,115 @@ pub enum ConfigError {
     Template { path: PathBuf, message: String },
     #[error("--cpu-topology {topology}: APIC ID {apic_id} is too large for xAPIC (at most 254)")]
     ApicIdTooLarge { topology: String, apic_id: u32 },
+    #[error("--disk {arg:?}: {why}")]
+    BadDisk { arg: String, why: String },
+}
+
+/// Host page-cache use of a disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheMode {
+    /// Through the host page cache; guest flushes make data durable.
+    Writeback,
+    /// O_DIRECT: bypass the host page cache.
+    None,
+}
+
+/// What guest discard requests do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiscardMode {
+    /// Offer DISCARD and give the space back to the host.
+    Unmap,
+    /// Do not offer DISCARD.
+    Ignore,
+}
+
+/// One `--disk`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    /// `None`: probe.
+    pub format: Option<devices::block::ImageFormat>,
+    pub readonly: bool,
+    /// GET_ID answer (at most 20 bytes).
+    pub serial: String,
+    pub cache: CacheMode,
+    pub discard: DiscardMode,
+}
+
+/// Longest serial virtio-blk can report (VIRTIO_BLK_ID_BYTES).
+pub const MAX_SERIAL_LEN: usize = 20;
+
+impl DiskConfig {
+    /// Parses `PATH[,key=value]...`.
+    pub fn parse(arg: &str) -> Result<Self, ConfigError> {
+        let bad = |why: String| ConfigError::BadDisk {
+            arg: arg.to_owned(),
+            why,
+        };
+        let mut parts = arg.split(',');
+        let path = parts.next().unwrap_or_default();
+        let path = path.strip_prefix("path=").unwrap_or(path);
+        if path.is_empty() {
+            return Err(bad("expected PATH[,key=value...]".into()));
+        }
+        let mut disk = DiskConfig {
+            path: PathBuf::from(path),
+            format: None,
+            readonly: false,
+            serial: String::new(),
+            cache: CacheMode::Writeback,
+            discard: DiscardMode::Unmap,
+        };
+        for opt in parts {
+            let Some((key, value)) = opt.split_once('=') else {
+                return Err(bad(format!("option {opt:?} is not key=value")));
+            };
+            match key {
+                "format" => {
+                    disk.format = Some(value.parse().map_err(|e| bad(format!("{e}")))?);
+                }
+                "readonly" => {
+                    disk.readonly = match value {
+                        "on" | "true" | "yes" => true,
+                        "off" | "false" | "no" => false,
+                        _ => return Err(bad(format!("readonly={value}: expected on or off"))),
+                    }
+                }
+                "serial" => {
+                    if value.len() > MAX_SERIAL_LEN || !value.bytes().all(|b| b.is_ascii_graphic())
+                    {
+                        return Err(bad(format!(
+                            "serial={value}: at most {MAX_SERIAL_LEN} printable ASCII characters"
+                        )));
+                    }
+                    disk.serial = value.to_owned();
+                }
+                "cache" => {
+                    disk.cache = match value {
+                        "writeback" => CacheMode::Writeback,
+                        "none" => CacheMode::None,
+                        _ => return Err(bad(format!("cache={value}: expected writeback or none"))),
+                    }
+                }
+                "discard" => {
+                    disk.discard = match value {
+                        "unmap" | "on" => DiscardMode::Unmap,
+                        "ignore" | "off" => DiscardMode::Ignore,
+                        _ => return Err(bad(format!("discard={value}: expected unmap or ignore"))),
+                    }
+                }
+                _ => {
+                    return Err(bad(format!(
+                        "unknown option {key:?} (format, readonly, serial, cache, discard)"
+                    )))
+                }
+            }
+        }
+        if !disk.path.exists() {
+            return Err(bad("no such file".into()));
+        }
+        Ok(disk)
+    }
 }
 
 /// The guest CPU: what to expose and what to do about features KVM lacks.
@@ -91,6 +200,10 @@ pub struct VmConfig {
     pub shutdown_timeout_secs: u64,
     pub cpu: CpuConfig,
     pub topology: Topology,
+    /// virtio-blk disks in guest order (vda, vdb, ...).
+    pub disks: Vec<DiskConfig>,
+    /// Run the disks on throw-away overlays.
+    pub snapshot: bool,
 }
 
 /// Parses `512M`, `4G`, `1024` (bytes), `2T`; binary units.
@@ -188,6 +301,12 @@ impl TryFrom<&RunArgs> for VmConfig {
             shutdown_timeout_secs: args.shutdown_timeout,
             cpu,
             topology,
+            disks: args
+                .disk
+                .iter()
+                .map(|d| DiskConfig::parse(d))
+                .collect::<Result<_, _>>()?,
+            snapshot: args.snapshot,
         };
         config.validate(&args.mem)?;
         Ok(config)
@@ -267,6 +386,8 @@ mod tests {
             cpu: "host".into(),
             cpu_topology: None,
             cpu_template: None,
+            disk: Vec::new(),
+            snapshot: false,
         }
     }
 
@@ -340,5 +461,44 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("/nonexistent/t.json"));
+    }
+
+    #[test]
+    fn disk_options_parse_into_typed_values() {
+        let d = DiskConfig::parse(
+            "/proc/self/exe,format=qcow2,readonly=on,serial=abc-1,cache=none,discard=ignore",
+        )
+        .unwrap();
+        assert_eq!(d.path, PathBuf::from("/proc/self/exe"));
+        assert_eq!(d.format, Some(devices::block::ImageFormat::Qcow2));
+        assert!(d.readonly);
+        assert_eq!(d.serial, "abc-1");
+        assert_eq!(d.cache, CacheMode::None);
+        assert_eq!(d.discard, DiscardMode::Ignore);
+        let d = DiskConfig::parse("/proc/self/exe").unwrap();
+        assert_eq!(
+            (d.format, d.readonly, d.cache, d.discard),
+            (None, false, CacheMode::Writeback, DiscardMode::Unmap)
+        );
+    }
+
+    #[test]
+    fn bad_disk_options_name_the_argument() {
+        for (arg, needle) in [
+            ("", "expected PATH"),
+            ("/proc/self/exe,format=vmdk", "vmdk"),
+            ("/proc/self/exe,readonly=maybe", "readonly=maybe"),
+            ("/proc/self/exe,serial=123456789012345678901", "serial="),
+            ("/proc/self/exe,serial=a b", "serial="),
+            ("/proc/self/exe,cache=unsafe", "cache=unsafe"),
+            ("/proc/self/exe,discard=maybe", "discard=maybe"),
+            ("/proc/self/exe,bogus=1", "bogus"),
+            ("/proc/self/exe,noequals", "noequals"),
+            ("/nonexistent/disk.img", "no such file"),
+        ] {
+            let msg = DiskConfig::parse(arg).unwrap_err().to_string();
+            assert!(msg.starts_with("--disk "), "{msg}");
+            assert!(msg.contains(needle), "{arg}: {msg}");
+        }
     }
 }

@@ -24,7 +24,11 @@ impl Log for StderrLogger {
             Level::Debug => "debug",
             Level::Trace => "trace",
         };
-        let end = if crate::terminal::is_raw() { "\r\n" } else { "\n" };
+        let end = if crate::terminal::is_raw() {
+            "\r\n"
+        } else {
+            "\n"
+        };
         eprint!("ivmm: {level}: {}{end}", record.args());
     }
 

@@ -20,6 +20,13 @@ pub fn main(args: RunArgs) -> anyhow::Result<i32> {
         }
     };
     let kvm = vm::open_kvm(&config)?;
+    // Overlays (if any) are deleted when `_overlays` drops, after the VM.
+    let (config, _overlays) = if config.snapshot {
+        let (c, o) = crate::snapshot::prepare(&config)?;
+        (c, Some(o))
+    } else {
+        (config, None)
+    };
     crate::vcpu::install_kick_handler()
         .map_err(|e| anyhow::anyhow!("cannot install the vCPU kick handler: {e}"))?;
     let terminal = if config.serial == SerialMode::Stdio {

@@ -62,6 +62,8 @@ pub enum VmError {
     GuestMemory(#[from] vm_memory::GuestMemoryError),
     #[error("device setup: {0}")]
     Device(String),
+    #[error(transparent)]
+    PciDevices(#[from] crate::pci_devices::PciDevicesError),
     #[error("--serial file:{path}: {source}")]
     SerialFile {
         path: PathBuf,
@@ -211,7 +213,8 @@ fn irq_line(vm: &VmFd, gsi: u32) -> Result<Arc<EventFd>, VmError> {
 }
 
 fn create_platform(
-    vm: &VmFd,
+    vm: &Arc<VmFd>,
+    mem: &GuestMemoryMmap,
     config: &VmConfig,
     control: &Arc<StopControl>,
 ) -> Result<Platform, VmError> {
@@ -265,6 +268,19 @@ fn create_platform(
     let mut pci = PciBus::new();
     pci.add_at(0, Arc::new(Mutex::new(HostBridge::new())))
         .map_err(|e| VmError::Device(e.to_string()))?;
+    let router = Arc::new(crate::interrupts::GsiRouter::new(vm.clone()));
+    let mut bars = crate::pci_devices::bar_allocator(memory_map::mmio64_window(config.mem_bytes))?;
+    crate::pci_devices::add_disks(
+        &mut crate::pci_devices::PciContext {
+            vm,
+            mem,
+            pci: &mut pci,
+            mmio: &mut mmio,
+            router: &router,
+            bars: &mut bars,
+        },
+        config,
+    )?;
     let pci = Arc::new(Mutex::new(pci));
     pio.insert(
         Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
@@ -355,7 +371,7 @@ fn host_brand() -> [[u32; 4]; 3] {
 /// everything but the memslots.
 fn build_machine(
     kvm: &Kvm,
-    vm: &VmFd,
+    vm: &Arc<VmFd>,
     mem: &GuestMemoryMmap,
     config: &VmConfig,
     control: &Arc<StopControl>,
@@ -369,7 +385,7 @@ fn build_machine(
         ..Default::default()
     })
     .map_err(kvm_err("creating the PIT"))?;
-    let platform = create_platform(vm, config, control)?;
+    let platform = create_platform(vm, mem, config, control)?;
     let entry = load_guest(mem, config)?;
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -409,7 +425,7 @@ fn build_machine(
 /// Builds the VM described by `config`, runs it to the end, and says why
 /// it ended. `console_escape` enables the Ctrl-A escape on stdin.
 pub fn run(kvm: &Kvm, config: &VmConfig, console_escape: bool) -> Result<ExitReason, VmError> {
-    let vm = kvm.create_vm().map_err(kvm_err("creating the VM"))?;
+    let vm = Arc::new(kvm.create_vm().map_err(kvm_err("creating the VM"))?);
     let mem = allocate_memory(config.mem_bytes)?;
     let control = Arc::new(StopControl::new()?);
     let (platform, vcpu_fds) = std::thread::scope(|scope| {

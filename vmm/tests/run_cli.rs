@@ -144,7 +144,11 @@ fn bad_input_is_refused_by_name() {
 fn failed_vcpu_exits_one_with_registers_and_explains_pvm_hosts() {
     require_kvm();
     let dir = scratch("fatal");
-    let kernel = write(&dir, "mmio.elf", &common::tiny_guest::pvh_elf_executing_mmio());
+    let kernel = write(
+        &dir,
+        "mmio.elf",
+        &common::tiny_guest::pvh_elf_executing_mmio(),
+    );
     let out = run(&["--kernel", &kernel]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");

@@ -135,7 +135,7 @@ impl QcowHeader {
             path: path.to_path_buf(),
             source,
         };
-        let file_len = file.metadata().map_err(io)?.len();
+        let file_len = super::raw::file_size(file).map_err(io)?;
         pread_all(file, b.as_mut_ptr(), b.len(), 0).map_err(io)?;
         Self::parse(&b, path, file_len, |off, buf: &mut [u8]| {
             pread_all(file, buf.as_mut_ptr(), buf.len(), off)

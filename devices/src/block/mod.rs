@@ -232,8 +232,9 @@ pub struct OpenOptions {
     pub force_share: bool,
     /// Open the backing chain (qcow2). `false` reads unallocated clusters as zeroes.
     pub open_backing: bool,
-    /// Bypass the host page cache (O_DIRECT, `cache=none`). Raw images then
-    /// need 4 KiB-aligned buffers, offsets and lengths; qcow2 bounces as needed.
+    /// Bypass the host page cache (O_DIRECT, `cache=none`) for data I/O: raw
+    /// images send aligned transfers through an O_DIRECT descriptor and the
+    /// rest through a buffered one; qcow2 bounces as needed.
     pub direct: bool,
 }
 

@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::fs::File as StdFile;
 use std::io::ErrorKind;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
@@ -201,7 +202,7 @@ pub fn vet_header(file: &StdFile, path: &Path) -> Result<QcowHeader> {
 /// pointer out of the image. Deeper damage is `ivmm img check`'s job.
 fn validate_pointers(file: &StdFile, path: &Path, h: &QcowHeader) -> Result<()> {
     let cs = h.cluster_size();
-    let file_len = file.metadata().map_err(|e| open_err(path, e))?.len();
+    let file_len = super::raw::file_size(file).map_err(|e| open_err(path, e))?;
     let bad = |msg: String| BlockError::NeedsRepair {
         path: path.to_path_buf(),
         msg,
@@ -475,6 +476,66 @@ impl Qcow2Disk {
         Ok(())
     }
 
+    /// Host ranges of the data clusters lying wholly inside the guest range
+    /// `[offset, offset+len)`: discard_to_zero frees exactly these, and no
+    /// other guest range maps them (no internal snapshot shares clusters).
+    fn whole_data_clusters(&self, access: &Access, offset: u64, len: u64) -> Vec<(u64, u64)> {
+        let cs = self.header.cluster_size();
+        if self.read_only || self.header.nb_snapshots != 0 || cs == 0 {
+            return Vec::new();
+        }
+        let Some(end) = offset.checked_add(len) else {
+            return Vec::new();
+        };
+        let mut pos = offset.div_ceil(cs).saturating_mul(cs);
+        let end = end / cs * cs;
+        let mut out = Vec::new();
+        while pos < end {
+            let Ok((m, mlen)) = access.get_shallow_mapping(pos, end - pos) else {
+                break;
+            };
+            let mlen = mlen.max(1).min(end - pos);
+            if let ShallowMapping::Raw { offset: host, .. } = m {
+                // Only whole clusters: the mapping starts cluster-aligned
+                // here, and its length is rounded down to clusters.
+                let whole = mlen / cs * cs;
+                if whole > 0 && host % cs == 0 {
+                    out.push((host, whole));
+                }
+            }
+            pos = pos.saturating_add(mlen.div_ceil(cs).max(1).saturating_mul(cs));
+        }
+        out
+    }
+
+    /// Gives the host space of clusters about to be freed back (best effort:
+    /// failure only costs space).
+    fn punch_freed(&self, ranges: &[(u64, u64)]) {
+        let file = &self.meta_file;
+        for &(host, len) in ranges {
+            let (Ok(off), Ok(l)) = (i64::try_from(host), i64::try_from(len)) else {
+                continue;
+            };
+            // SAFETY: fallocate on a descriptor we own; no memory is passed.
+            let ret = unsafe {
+                libc::fallocate(
+                    file.as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    off,
+                    l,
+                )
+            };
+            if ret < 0 {
+                log::debug!(
+                    "{}: punching freed clusters: {}",
+                    self.path.display(),
+                    std::io::Error::last_os_error()
+                );
+                return;
+            }
+        }
+    }
+
     /// Whether `[offset, offset+len)` is allocated in this image (not in the
     /// backing chain), and for how long that holds.
     pub fn allocated_in_top(&self, offset: u64, max_len: u64) -> Result<(bool, u64)> {
@@ -572,6 +633,13 @@ impl DiskBackend for Qcow2Disk {
         self.check_writable()?;
         check_range(offset, len, self.size())?;
         let mut access = self.access_mut();
+        // Punch before imago frees the clusters: once freed, the same call
+        // may reuse them (copy-on-write of a partial compressed cluster at
+        // either end, a new L2 table), and punching afterwards would zero
+        // live data. Punching first is safe: these clusters belong to this
+        // guest range alone and the guest asked for them to read zeroes.
+        let whole = self.whole_data_clusters(&access, offset, len);
+        self.punch_freed(&whole);
         match access.discard_to_zero(offset, len) {
             Ok(()) => self.order_new_l2_tables(&access, offset, len),
             // qcow2 v2 has no zero clusters: write zeroes instead.
@@ -621,6 +689,47 @@ mod tests {
             writable: true,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn discard_frees_host_space_of_whole_clusters_and_keeps_the_rest() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.qcow2");
+        create_qcow2(
+            &path,
+            &Qcow2Options {
+                size: 8 << 20,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let d = Qcow2Disk::open(&path, &rw()).unwrap();
+        let data = pattern(6 << 20, 3);
+        d.write_at(0, &data).unwrap();
+        d.flush().unwrap();
+        let before = std::fs::metadata(&path).unwrap().blocks();
+        // Not cluster aligned at either end: the partial clusters are zeroed.
+        d.discard((1 << 20) + 512, (4 << 20) - 1024).unwrap();
+        d.flush().unwrap();
+        let after = std::fs::metadata(&path).unwrap().blocks();
+        assert!(
+            after * 512 + (3 << 20) < before * 512,
+            "{before} -> {after}"
+        );
+        let mut back = vec![0u8; 6 << 20];
+        d.read_at(0, &mut back).unwrap();
+        let mut want = data.clone();
+        want[(1 << 20) + 512..(5 << 20) - 512].fill(0);
+        assert!(back == want);
+        drop(d);
+        let r = check_qcow2(&path, Repair::None).unwrap();
+        assert_eq!(
+            (r.corruptions, r.leaks, r.check_errors),
+            (0, 0, 0),
+            "{:?}",
+            r.messages
+        );
     }
 
     fn pattern(len: usize, seed: u8) -> Vec<u8> {

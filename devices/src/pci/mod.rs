@@ -4,6 +4,7 @@
 
 mod config_access;
 mod host_bridge;
+pub mod msix;
 
 pub use config_access::{PciConfigIo, PciConfigMmio};
 pub use host_bridge::HostBridge;

@@ -1,0 +1,193 @@
+//! virtio-blk throughput, ivmm vs QEMU (`-accel kvm`, virtio-blk-pci, `cache=none`,
+//! `aio=threads`) on the same images in the same lab (nested L1 on kvm_pvm hosts), the same
+//! Debian kernel and initramfs. The guest has no fio: each job is busybox `dd` with O_DIRECT
+//! (1 MiB and 4 KiB, sequential, one request in flight = QD1; and 8 parallel 4 KiB readers on
+//! disjoint ranges = QD8), timed with the guest's /proc/uptime. KVM exits per 4 KiB request come
+//! from L1's `/sys/kernel/debug/kvm/exits`, sampled around a 4 KiB read job (idle timer exits
+//! of the sampling window included). Everything in the nested lab is emulated: read the ratios.
+//!
+//! Usage: `cargo run --release -p ivmm-benches --bin blk`
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use ivmm_tests::{GuestBoot, Lab, Mode, RunOptions};
+
+const MIB: u64 = 1 << 20;
+/// Image size; every job stays inside it.
+const IMAGE_MIB: u64 = 64;
+const EXIT_REQS: u64 = 2048;
+
+/// (image format, VMM, (job, MiB/s) list, KVM exits during the exit-counting job).
+type Row = (String, String, Vec<(String, f64)>, u64);
+
+/// Guest side: `T <job> <MiB> <start> <end>` lines, and markers for the exit sampling. Kept
+/// short: it travels base64-encoded on the kernel command line (2 KiB at most).
+fn guest_script() -> String {
+    format!(
+        "u(){{ cut -d' ' -f1 /proc/uptime; }}; \
+         t(){{ s=$(u); eval \"$3\" 2>/dev/null; echo T $1 $2 $s $(u); }}; \
+         p(){{ for i in 0 1 2 3 4 5 6 7; do dd $1 bs=4k count=1024 $2=$((i*2048)) $3=direct & done; wait; }}; \
+         t read-1M-QD1 {m} 'dd if=/dev/vda of=/dev/null bs=1M count={m} iflag=direct'; \
+         t write-1M-QD1 {m} 'dd if=/dev/zero of=/dev/vda bs=1M count={m} oflag=direct'; \
+         t read-4K-QD1 16 'dd if=/dev/vda of=/dev/null bs=4k count=4096 iflag=direct'; \
+         t write-4K-QD1 16 'dd if=/dev/zero of=/dev/vda bs=4k count=4096 oflag=direct'; \
+         t read-4K-QD8 32 'p \"if=/dev/vda of=/dev/null\" skip iflag'; \
+         t write-4K-QD8 32 'p \"if=/dev/zero of=/dev/vda\" seek oflag'; \
+         echo EXITS-BEGIN; sleep 1; dd if=/dev/vda of=/dev/null bs=4k count={EXIT_REQS} iflag=direct 2>/dev/null; \
+         echo EXITS-END; sleep 1; echo BENCH-DONE",
+        m = IMAGE_MIB
+    )
+}
+
+/// L1 side: start the VMM in the background with its console in /tmp/con.log, sample KVM's
+/// exit counter at the guest's markers, wait for it to end.
+fn l1_script(vmm: &str) -> String {
+    format!(
+        "mount -t debugfs none /sys/kernel/debug 2>/dev/null\n\
+         X=/sys/kernel/debug/kvm/exits\n\
+         {vmm} > /tmp/con.log 2>&1 &\nP=$!\n\
+         w() {{ i=0; until grep -q \"$1\" /tmp/con.log; do i=$((i+1)); [ $i -gt 20000 ] && break; usleep 20000; done; }}\n\
+         w EXITS-BEGIN; A=$(cat $X)\n\
+         w EXITS-END; B=$(cat $X)\n\
+         wait $P; echo VMM-RC=$?\n\
+         grep -E '^T |BENCH-DONE' /tmp/con.log\n\
+         echo EXITS $((B-A))\n"
+    )
+}
+
+fn parse(console: &str) -> Option<(Vec<(String, f64)>, u64)> {
+    let mut jobs = Vec::new();
+    let mut exits = None;
+    for line in console.lines().map(str::trim) {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        match w.as_slice() {
+            ["T", name, mib, s, e] => {
+                let (mib, s, e): (f64, f64, f64) =
+                    (mib.parse().ok()?, s.parse().ok()?, e.parse().ok()?);
+                jobs.push((name.to_string(), mib / (e - s).max(0.01)));
+            }
+            ["EXITS", n] => exits = n.parse().ok(),
+            _ => {}
+        }
+    }
+    Some((jobs, exits?))
+}
+
+fn qemu_img(args: &[&str]) {
+    let ok = Command::new("qemu-img")
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "qemu-img {args:?}");
+}
+
+fn main() {
+    let lab = match Lab::detect() {
+        Ok(lab) => lab,
+        Err(e) => {
+            eprintln!("lab: {e}");
+            std::process::exit(1);
+        }
+    };
+    let dir = std::env::temp_dir().join(format!("ivmm-bench-blk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    let raw = dir.join("b.raw");
+    let data: Vec<u8> = (0..IMAGE_MIB * MIB).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&raw, &data).expect("raw image");
+    let qcow = dir.join("b.qcow2");
+    qemu_img(&["convert", "-f", "raw", "-O", "qcow2", s(&raw), s(&qcow)]);
+    // Room for the qcow2 to grow inside the fixed-size L1 disk.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&qcow)
+        .and_then(|f| f.set_len(2 * IMAGE_MIB * MIB))
+        .expect("pad qcow2");
+
+    let boot = GuestBoot::new()
+        .cmdline("console=ttyS0 reboot=k panic=1 quiet")
+        .command(&guest_script())
+        .args(&["--vcpus", "2", "--mem", "512M"]);
+    let cmdline = boot.full_cmdline().expect("cmdline");
+    let (kernel, initrd) = match lab.mode() {
+        Mode::Nested => (
+            "/guest/bzImage".to_string(),
+            "/guest/initrd.img".to_string(),
+        ),
+        Mode::Direct => {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest");
+            (
+                root.join("bzImage").display().to_string(),
+                root.join("initrd.img").display().to_string(),
+            )
+        }
+    };
+    let ivmm_bin = lab.ivmm_binary().expect("ivmm binary");
+    let ivmm_bytes = std::fs::read(&ivmm_bin).expect("read ivmm");
+    let qemu = "/usr/bin/qemu-system-x86_64";
+    let ivmm_libs = ivmm_tests::shared_libs(&ivmm_bin).expect("ivmm's shared libraries");
+
+    let mut rows: Vec<Row> = Vec::new();
+    for (format, image) in [("raw", &raw), ("qcow2", &qcow)] {
+        let ivmm = format!(
+            "{{files}}/ivmm run --kernel {kernel} --initrd {initrd} --vcpus 2 --mem 512M \
+             --serial stdio --cmdline '{cmdline}' --disk {{disk0}},format={format},cache=none"
+        );
+        let qemu_cmd = format!(
+            "{qemu} -accel kvm -M pc -cpu host -smp 2 -m 512 -nodefaults -no-reboot \
+             -display none -serial stdio -kernel {kernel} -initrd {initrd} -append '{cmdline}' \
+             -drive file={{disk0}},if=none,id=d0,format={format},cache=none,aio=threads \
+             -device virtio-blk-pci,drive=d0,num-queues=2"
+        );
+        for (vmm, script) in [("ivmm", ivmm), ("qemu", qemu_cmd)] {
+            let mut opts = RunOptions::new()
+                .disk(image.as_path())
+                .file("ivmm", &ivmm_bytes, true)
+                .host_binary(qemu)
+                .host_file("/usr/share/seabios/bios-256k.bin")
+                .host_file("/usr/share/qemu/linuxboot_dma.bin")
+                .host_file("/usr/share/qemu/kvmvapic.bin")
+                .timeout(Duration::from_secs(900));
+            for lib in &ivmm_libs {
+                opts = opts.host_file(lib.clone());
+            }
+            match lab.run_shell(&l1_script(&script), opts) {
+                Ok(out) => match parse(&out.console) {
+                    Some((jobs, exits)) if out.console.contains("BENCH-DONE") => {
+                        rows.push((format.into(), vmm.into(), jobs, exits))
+                    }
+                    _ => eprintln!("{vmm} {format}: no results:\n{}", out.console),
+                },
+                Err(e) => eprintln!("{vmm} {format}: {e}"),
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+
+    println!("| image | job | ivmm MiB/s | QEMU MiB/s | ivmm/QEMU |");
+    println!("|---|---|---|---|---|");
+    for format in ["raw", "qcow2"] {
+        let find = |vmm: &str| rows.iter().find(|r| r.0 == format && r.1 == vmm);
+        let (Some(i), Some(q)) = (find("ivmm"), find("qemu")) else {
+            continue;
+        };
+        for (job, mbs) in &i.2 {
+            let peer = q.2.iter().find(|(j, _)| j == job).map_or(0.0, |(_, v)| *v);
+            println!(
+                "| {format} | {job} | {mbs:.1} | {peer:.1} | {:.2} |",
+                if peer > 0.0 { mbs / peer } else { 0.0 }
+            );
+        }
+        println!(
+            "| {format} | KVM exits per 4 KiB read ({EXIT_REQS} reads + ~2 s idle) | {:.2} | {:.2} | {:.2} |",
+            i.3 as f64 / EXIT_REQS as f64,
+            q.3 as f64 / EXIT_REQS as f64,
+            i.3 as f64 / q.3.max(1) as f64
+        );
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
