@@ -263,33 +263,11 @@ fn readonly_disk_refuses_guest_writes_and_stays_untouched() {
     );
 }
 
-/// Where shell runs find ivmm: `{files}/ivmm` (see [`shell_opts`]).
+/// Where shell runs find ivmm: the harness brings the binary and its
+/// libraries into L1 when a script names `{ivmm}`.
 fn ivmm_path(_lab: &Lab) -> String {
-    "{files}/ivmm".to_string()
+    "{ivmm}".to_string()
 }
-
-/// Run options for a shell script that starts ivmm itself: the binary as
-/// `{files}/ivmm` plus its shared libraries (the harness creates no parent
-/// directories for host paths in L1, so `host_binary(ivmm)` would not do).
-fn shell_opts(lab: &Lab) -> RunOptions {
-    let bin = lab.ivmm_binary().expect("ivmm binary");
-    let bytes = std::fs::read(&bin).expect("read ivmm");
-    let mut opts = RunOptions::new()
-        .file("ivmm", &bytes, true)
-        .timeout(Duration::from_secs(300));
-    for lib in ivmm_tests::shared_libs(&bin).expect("ivmm's shared libraries") {
-        opts = opts.host_file(lib);
-    }
-    // Seen empirically: {files}/ivmm only ran in L1 when a host binary was
-    // carried with host_binary (qemu-img here); with the libraries alone
-    // busybox sh said "not found". Not understood yet.
-    opts.host_binary("/usr/bin/qemu-img")
-}
-
-/// Shell prelude: wait (bounded) until `{files}/ivmm` can be executed, and
-/// say what L1 has if it cannot.
-const WAIT_FOR_IVMM: &str = "i=0; until {files}/ivmm --version >/dev/null 2>&1; do \
-    i=$((i+1)); [ $i -gt 100 ] && { ls -l {files} /lib64 2>&1 | head; break; }; sleep 0.2; done\n";
 
 /// `ivmm run ...` for a shell script, the guest running `cmd`.
 fn ivmm_command(lab: &Lab, args: &[&str], cmd: &str) -> String {
@@ -306,7 +284,6 @@ fn ivmm_command(lab: &Lab, args: &[&str], cmd: &str) -> String {
 }
 
 #[test]
-#[ignore = "harness: in shell runs with a disk attached, the per-run files ({files}/ivmm) and host libraries do not reach L1 (`ls /lab/files` is empty); so ivmm never starts there; the checks after that point have not run yet"]
 fn second_writer_is_refused_with_a_clear_message() {
     let lab = lab();
     let s = Scratch::new("lock");
@@ -331,7 +308,7 @@ fn second_writer_is_refused_with_a_clear_message() {
         "true",
     );
     let script = format!(
-        "{WAIT_FOR_IVMM}{first} & P=$!\n\
+        "{first} & P=$!\n\
          i=0; until grep -q FIRST-UP /tmp/first.log 2>/dev/null; do i=$((i+1)); [ $i -gt 600 ] && break; sleep 0.2; done\n\
          {second}; echo second-rc=$?\n\
          {readonly}; echo readonly-rc=$?\n\
@@ -403,7 +380,6 @@ fn mkfs_files_and_poweroff_leave_a_clean_ext2_on_qcow2() {
 }
 
 #[test]
-#[ignore = "harness: in shell runs with a disk attached, the per-run files ({files}/ivmm) and host libraries do not reach L1 (`ls /lab/files` is empty); so ivmm never starts there; the checks after that point have not run yet"]
 fn synced_data_survives_kill_9_of_ivmm() {
     let lab = lab();
     let s = Scratch::new("kill");
@@ -426,7 +402,7 @@ fn synced_data_survives_kill_9_of_ivmm() {
          echo SYNCED; sleep 600",
     );
     let script = format!(
-        "{WAIT_FOR_IVMM}{run} & P=$!\n\
+        "{run} & P=$!\n\
          i=0; until grep -q SYNCED /tmp/g.log 2>/dev/null; do i=$((i+1)); [ $i -gt 900 ] && break; sleep 0.2; done\n\
          kill -9 $P; wait $P; echo killed-rc=$?; grep SUM= /tmp/g.log"
     );
@@ -470,7 +446,12 @@ fn discard_shrinks_qcow2_and_reads_back_zeroes() {
          echo ACTUAL=$({qemu_img} info --output=json /tmp/t.qcow2 | grep actual-size)"
     );
     let out = lab
-        .run_shell(&script, shell_opts(&lab).host_binary(qemu_img))
+        .run_shell(
+            &script,
+            RunOptions::new()
+                .host_binary(qemu_img)
+                .timeout(Duration::from_secs(300)),
+        )
         .expect("lab run");
     let c = &out.console;
     assert!(c.contains("ivmm-rc=0"), "{c}\n{}", out.l1_log);
