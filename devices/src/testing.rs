@@ -136,3 +136,44 @@ impl crate::block::DiskBackend for MemDisk {
         Ok(())
     }
 }
+
+/// A network backend over a Unix datagram socket pair: frames the device
+/// sends arrive at `peer`, frames written to `peer` are received.
+pub struct SocketNet {
+    sock: std::os::unix::net::UnixDatagram,
+    pub offload: Mutex<Option<u32>>,
+    /// How often the device tried to read a frame.
+    pub recv_calls: AtomicUsize,
+}
+
+impl SocketNet {
+    /// The backend and the test's end of the pair.
+    pub fn pair() -> (std::sync::Arc<SocketNet>, std::os::unix::net::UnixDatagram) {
+        let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let net = SocketNet {
+            sock: a,
+            offload: Mutex::new(None),
+            recv_calls: AtomicUsize::new(0),
+        };
+        (std::sync::Arc::new(net), b)
+    }
+}
+
+impl crate::virtio::net::NetBackend for SocketNet {
+    fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.recv_calls.fetch_add(1, Ordering::SeqCst);
+        self.sock.recv(buf)
+    }
+    fn send(&self, frame: &[u8]) -> std::io::Result<usize> {
+        self.sock.send(frame)
+    }
+    fn set_offload(&self, flags: u32) -> std::io::Result<()> {
+        *self.offload.lock().unwrap() = Some(flags);
+        Ok(())
+    }
+    fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.sock.as_raw_fd()
+    }
+}

@@ -8,6 +8,10 @@
 //!   Block            (blk/: request parsing, I/O worker threads)
 //!        |
 //!   dyn DiskBackend  (crate::block)
+//!
+//!   Net              (net/: receive/transmit, one I/O thread)
+//!        |
+//!   dyn NetBackend   (net/tap.rs: a TAP device)
 //! ```
 //!
 //! The transport owns the queue configuration while the driver sets it up;
@@ -16,6 +20,7 @@
 //! [`VirtioInterrupt`] to [`VirtioDevice::activate`].
 
 pub mod blk;
+pub mod net;
 pub mod pci;
 
 use std::sync::Arc;
@@ -39,6 +44,7 @@ pub const STATUS_NEEDS_RESET: u8 = 0x40;
 pub const STATUS_FAILED: u8 = 0x80;
 
 /// Device IDs (virtio 1.2 §5).
+pub const TYPE_NET: u16 = 1;
 pub const TYPE_BLOCK: u16 = 2;
 
 /// Why a device could not start.
@@ -50,6 +56,10 @@ pub enum ActivateError {
     NoQueues,
     #[error("cannot start a worker thread: {0}")]
     Thread(#[source] std::io::Error),
+    #[error("queue {0} is not enabled")]
+    MissingQueue(u16),
+    #[error("device backend: {0}")]
+    Backend(#[source] std::io::Error),
 }
 
 /// Interrupts a device raises; the transport maps them to MSI-X vectors or

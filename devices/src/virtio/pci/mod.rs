@@ -562,6 +562,7 @@ fn build_queue(
 fn class_code(device_type: u16) -> u32 {
     match device_type {
         TYPE_BLOCK => 0x01_00_00, // mass storage, SCSI (as QEMU does)
+        TYPE_NET => 0x02_00_00,   // network controller, Ethernet
         _ => 0xff_00_00,
     }
 }
