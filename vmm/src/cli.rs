@@ -71,6 +71,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "SPEC")]
     pub disk: Vec<String>,
 
+    /// A virtio-net NIC on a host TAP device: `tap=NAME[,mac=52:54:00:xx:xx:xx]`.
+    /// Repeatable; NICs appear in order as eth0, eth1, ... The TAP is created
+    /// if it does not exist (both need CAP_NET_ADMIN, unless NAME is a
+    /// persistent TAP owned by this user). The default MAC is 52:54:00 plus
+    /// three bytes derived from NAME, the same on every run.
+    #[arg(long, value_name = "SPEC")]
+    pub net: Vec<String>,
+
     /// Run every disk on a temporary qcow2 overlay that is deleted on exit;
     /// the images themselves are only read.
     #[arg(long)]

@@ -49,6 +49,8 @@ pub enum ConfigError {
     ApicIdTooLarge { topology: String, apic_id: u32 },
     #[error("--disk {arg:?}: {why}")]
     BadDisk { arg: String, why: String },
+    #[error("--net {arg:?}: {why}")]
+    BadNet { arg: String, why: String },
 }
 
 /// Host page-cache use of a disk.
@@ -158,6 +160,98 @@ impl DiskConfig {
     }
 }
 
+/// One `--net`: a virtio-net NIC on a host TAP device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// TAP interface name.
+    pub tap: String,
+    pub mac: [u8; 6],
+}
+
+impl NetConfig {
+    /// Parses `tap=NAME[,mac=XX:XX:XX:XX:XX:XX]`.
+    pub fn parse(arg: &str) -> Result<Self, ConfigError> {
+        let bad = |why: String| ConfigError::BadNet {
+            arg: arg.to_owned(),
+            why,
+        };
+        let mut parts = arg.split(',');
+        let first = parts.next().unwrap_or_default();
+        let tap = match first.split_once('=') {
+            Some(("tap", name)) => name,
+            _ if first == "nat" || first.starts_with("nat=") || first.starts_with("user") => {
+                return Err(bad(
+                    "NAT networking is not implemented yet; use tap=NAME".into()
+                ))
+            }
+            _ => return Err(bad("expected tap=NAME[,mac=52:54:00:xx:xx:xx]".into())),
+        };
+        if !devices::virtio::net::tap::valid_name(tap) {
+            return Err(bad(format!(
+                "tap={tap}: an interface name is 1 to 15 characters without '/', ':' or spaces"
+            )));
+        }
+        let mut mac = None;
+        for opt in parts {
+            let Some((key, value)) = opt.split_once('=') else {
+                return Err(bad(format!("option {opt:?} is not key=value")));
+            };
+            match key {
+                "mac" => {
+                    let m = parse_mac(value).ok_or_else(|| {
+                        bad(format!(
+                            "mac={value}: expected six hex bytes like 52:54:00:12:34:56"
+                        ))
+                    })?;
+                    if m[0] & 1 != 0 {
+                        return Err(bad(format!(
+                            "mac={value}: a multicast address cannot name a NIC"
+                        )));
+                    }
+                    if m == [0; 6] {
+                        return Err(bad(format!(
+                            "mac={value}: the all-zero address is not valid"
+                        )));
+                    }
+                    mac = Some(m);
+                }
+                _ => return Err(bad(format!("unknown option {key:?} (mac)"))),
+            }
+        }
+        Ok(NetConfig {
+            tap: tap.to_owned(),
+            mac: mac.unwrap_or_else(|| default_mac(tap)),
+        })
+    }
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff` (also with `-`).
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split([':', '-']);
+    for byte in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// `52:54:00` (locally administered, unicast: QEMU's prefix) and three
+/// bytes of a FNV-1a hash of the TAP name, so a NIC keeps its MAC across
+/// runs (DHCP leases, neighbour caches) without configuration.
+pub fn default_mac(tap: &str) -> [u8; 6] {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in tap.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let [a, b, c, _] = h.to_be_bytes();
+    [0x52, 0x54, 0x00, a, b, c]
+}
+
 /// The guest CPU: what to expose and what to do about features KVM lacks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CpuConfig {
@@ -204,6 +298,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// Run the disks on throw-away overlays.
     pub snapshot: bool,
+    /// virtio-net NICs in guest order (eth0, eth1, ...).
+    pub nets: Vec<NetConfig>,
 }
 
 /// Parses `512M`, `4G`, `1024` (bytes), `2T`; binary units.
@@ -307,6 +403,11 @@ impl TryFrom<&RunArgs> for VmConfig {
                 .map(|d| DiskConfig::parse(d))
                 .collect::<Result<_, _>>()?,
             snapshot: args.snapshot,
+            nets: args
+                .net
+                .iter()
+                .map(|n| NetConfig::parse(n))
+                .collect::<Result<_, _>>()?,
         };
         config.validate(&args.mem)?;
         Ok(config)
@@ -336,6 +437,22 @@ impl VmConfig {
                 max: MAX_VCPUS_XAPIC,
                 why: "xAPIC IDs are 8 bits",
             });
+        }
+        for (i, n) in self.nets.iter().enumerate() {
+            if let Some(other) = self.nets[..i]
+                .iter()
+                .find(|o| o.tap == n.tap || o.mac == n.mac)
+            {
+                let what = if other.tap == n.tap {
+                    "TAP"
+                } else {
+                    "MAC address"
+                };
+                return Err(ConfigError::BadNet {
+                    arg: format!("tap={}", n.tap),
+                    why: format!("another --net uses the same {what}"),
+                });
+            }
         }
         if !self.kernel.is_file() {
             return Err(ConfigError::KernelMissing(self.kernel.clone()));
@@ -388,6 +505,7 @@ mod tests {
             cpu_template: None,
             disk: Vec::new(),
             snapshot: false,
+            net: Vec::new(),
         }
     }
 
@@ -500,5 +618,67 @@ mod tests {
             assert!(msg.starts_with("--disk "), "{msg}");
             assert!(msg.contains(needle), "{arg}: {msg}");
         }
+    }
+
+    #[test]
+    fn net_options_parse_into_typed_values() {
+        let n = NetConfig::parse("tap=tap0,mac=52:54:00:ab:CD:0e").unwrap();
+        assert_eq!(n.tap, "tap0");
+        assert_eq!(n.mac, [0x52, 0x54, 0, 0xab, 0xcd, 0x0e]);
+        let n = NetConfig::parse("tap=tap0").unwrap();
+        assert_eq!(n.mac, default_mac("tap0"));
+    }
+
+    #[test]
+    fn default_mac_is_stable_local_unicast_and_differs_per_tap() {
+        let a = default_mac("tap0");
+        assert_eq!(a, default_mac("tap0"));
+        assert_eq!(a[..3], [0x52, 0x54, 0x00]);
+        assert_eq!(a[0] & 1, 0, "unicast");
+        assert_ne!(a, default_mac("tap1"));
+        // FNV-1a of "tap0" is 0xb54a63d6: pinned so the MAC never changes
+        // between releases.
+        assert_eq!(a, [0x52, 0x54, 0x00, 0xb5, 0x4a, 0x63]);
+    }
+
+    #[test]
+    fn bad_net_options_name_the_argument() {
+        for (arg, needle) in [
+            ("", "expected tap=NAME"),
+            ("nat", "not implemented yet"),
+            ("tap0", "expected tap=NAME"),
+            ("tap=", "tap="),
+            ("tap=a/b", "tap=a/b"),
+            ("tap=sixteen-chars-xx", "15 characters"),
+            ("tap=t0,mac=52:54:00:00:00", "mac="),
+            ("tap=t0,mac=52:54:00:00:00:0g", "mac="),
+            ("tap=t0,mac=52:54:00:00:00:00:00", "mac="),
+            ("tap=t0,mac=01:00:5e:00:00:01", "multicast"),
+            ("tap=t0,mac=00:00:00:00:00:00", "all-zero"),
+            ("tap=t0,queues=2", "queues"),
+            ("tap=t0,noequals", "noequals"),
+        ] {
+            let msg = NetConfig::parse(arg).unwrap_err().to_string();
+            assert!(msg.starts_with("--net "), "{msg}");
+            assert!(msg.contains(needle), "{arg}: {msg}");
+        }
+    }
+
+    #[test]
+    fn two_nets_on_one_tap_or_mac_are_refused() {
+        let mut a = args();
+        a.net = vec!["tap=t0".into(), "tap=t0".into()];
+        let msg = VmConfig::try_from(&a).unwrap_err().to_string();
+        assert!(msg.contains("same TAP"), "{msg}");
+        let mut a = args();
+        a.net = vec![
+            "tap=t0,mac=52:54:00:00:00:01".into(),
+            "tap=t1,mac=52:54:00:00:00:01".into(),
+        ];
+        let msg = VmConfig::try_from(&a).unwrap_err().to_string();
+        assert!(msg.contains("same MAC"), "{msg}");
+        let mut a = args();
+        a.net = vec!["tap=t0".into(), "tap=t1".into()];
+        assert_eq!(VmConfig::try_from(&a).unwrap().nets.len(), 2);
     }
 }

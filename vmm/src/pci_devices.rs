@@ -1,4 +1,5 @@
-//! PCI devices of the VM: one virtio-blk function per `--disk`, each with
+//! PCI devices of the VM: one virtio-blk function per `--disk` (slots 1..),
+//! then one virtio-net function per `--net` (the slots after them), each with
 //! its BAR allocated in the 64-bit window the DSDT announces, its queue
 //! notify addresses bound to KVM ioeventfds, its MSI-X vectors routed
 //! through [`GsiRouter`] and its INTx pin on the GSI the DSDT `_PRT` names.
@@ -9,6 +10,8 @@ use boot::acpi::irq::pci_intx_irq;
 use devices::block::{open_disk, OpenOptions};
 use devices::pci::{PciBus, DEVICES_PER_BUS};
 use devices::virtio::blk::{Block, BlockOptions};
+use devices::virtio::net::tap::{Tap, TapError};
+use devices::virtio::net::{Net, NetOptions};
 use devices::virtio::pci::BAR_SIZE;
 use devices::virtio::VirtioPciDevice;
 use devices::Bus;
@@ -30,6 +33,12 @@ pub enum PciDevicesError {
         path: String,
         #[source]
         source: devices::block::BlockError,
+    },
+    #[error("--net tap={tap}")]
+    OpenTap {
+        tap: String,
+        #[source]
+        source: TapError,
     },
     #[error("too many PCI devices: bus 0 has {DEVICES_PER_BUS} slots")]
     NoSlot,
@@ -96,6 +105,30 @@ pub fn add_disks(ctx: &mut PciContext<'_>, config: &VmConfig) -> Result<(), PciD
             },
         );
         add_virtio(ctx, slot as u8, Box::new(block))?;
+    }
+    Ok(())
+}
+
+/// Adds one virtio-net device per configured NIC, in order, in the slots
+/// after the disks.
+pub fn add_nets(ctx: &mut PciContext<'_>, config: &VmConfig) -> Result<(), PciDevicesError> {
+    for (index, net) in config.nets.iter().enumerate() {
+        let slot = config.disks.len() + index + 1;
+        if slot >= DEVICES_PER_BUS {
+            return Err(PciDevicesError::NoSlot);
+        }
+        let tap = Tap::open(&net.tap).map_err(|source| PciDevicesError::OpenTap {
+            tap: net.tap.clone(),
+            source,
+        })?;
+        let device = Net::new(
+            Arc::new(tap),
+            NetOptions {
+                name: format!("net{index}"),
+                mac: net.mac,
+            },
+        );
+        add_virtio(ctx, slot as u8, Box::new(device))?;
     }
     Ok(())
 }

@@ -270,17 +270,16 @@ fn create_platform(
         .map_err(|e| VmError::Device(e.to_string()))?;
     let router = Arc::new(crate::interrupts::GsiRouter::new(vm.clone()));
     let mut bars = crate::pci_devices::bar_allocator(memory_map::mmio64_window(config.mem_bytes))?;
-    crate::pci_devices::add_disks(
-        &mut crate::pci_devices::PciContext {
-            vm,
-            mem,
-            pci: &mut pci,
-            mmio: &mut mmio,
-            router: &router,
-            bars: &mut bars,
-        },
-        config,
-    )?;
+    let mut pci_ctx = crate::pci_devices::PciContext {
+        vm,
+        mem,
+        pci: &mut pci,
+        mmio: &mut mmio,
+        router: &router,
+        bars: &mut bars,
+    };
+    crate::pci_devices::add_disks(&mut pci_ctx, config)?;
+    crate::pci_devices::add_nets(&mut pci_ctx, config)?;
     let pci = Arc::new(Mutex::new(pci));
     pio.insert(
         Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),

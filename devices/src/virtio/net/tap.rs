@@ -50,7 +50,8 @@ pub struct Tap {
     name: String,
 }
 
-fn valid_name(name: &str) -> bool {
+/// Whether `name` can name a network interface (IFNAMSIZ, no separators).
+pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() < libc::IFNAMSIZ
         && name
