@@ -348,6 +348,9 @@ impl NetWorker {
     }
 
     fn serve_rx(&mut self, epoll: &Epoll) {
+        if self.backend_failed {
+            return;
+        }
         let result = match self
             .rx
             .process(&mut self.rx_queue, &self.mem, self.backend.as_ref())
