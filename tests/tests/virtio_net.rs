@@ -175,3 +175,51 @@ fn tap_nic_pings_l1_with_the_stable_mac_and_moves_4_mib_each_way_intact() {
         tx_bytes / tx_packets.max(1)
     );
 }
+
+/// Guest: ping over a NIC with a given MAC, unload and reload the driver
+/// (a device reset and a second activation), ping again.
+const GUEST_RELOAD: &str = "up() { ip link set eth0 up && ip addr add 10.0.3.15/24 dev eth0; }
+wait_ping() { i=0; until ping -c 1 -W 2 10.0.3.1 >/dev/null 2>&1; do i=$((i+1)); [ $i -gt 30 ] && break; done; }
+up || exit 9
+echo MAC=$(cat /sys/class/net/eth0/address)
+wait_ping; echo FIRST: $(ping -c 2 -W 5 10.0.3.1 | grep transmitted)
+rmmod virtio_net && echo REMOVED=$(ls /sys/class/net | grep -c eth)
+modprobe virtio_net && echo RELOADED
+up || exit 8
+wait_ping; echo SECOND: $(ping -c 2 -W 5 10.0.3.1 | grep transmitted)";
+
+#[test]
+fn explicit_mac_is_used_and_the_nic_works_again_after_a_driver_reload() {
+    let lab = lab();
+    let run = ivmm_command(
+        &[
+            "--serial",
+            "none",
+            "--console-log",
+            "/tmp/g.log",
+            "--net",
+            "tap=tap1,mac=52:54:00:12:34:56",
+        ],
+        GUEST_RELOAD,
+    );
+    let script = format!(
+        "{run} & P=$!\n\
+         i=0; until [ -e /sys/class/net/tap1 ]; do i=$((i+1)); [ $i -gt 600 ] && break; sleep 0.1; done\n\
+         ip addr add 10.0.3.1/24 dev tap1 && ip link set tap1 up && echo TAP-UP\n\
+         wait $P; echo IVMM-RC=$?\n\
+         cat /tmp/g.log\n"
+    );
+    let out = lab
+        .run_shell(&script, RunOptions::new().timeout(Duration::from_secs(400)))
+        .expect("lab run");
+    let c = &out.console;
+    let ctx = || format!("console:\n{c}\nL1 log:\n{}", out.l1_log);
+    assert!(c.contains("TAP-UP"), "{}", ctx());
+    assert_eq!(value(&out, "IVMM-RC="), "0", "{}", ctx());
+    assert_eq!(value(&out, "MAC="), "52:54:00:12:34:56", "{}", ctx());
+    let received = "2 packets transmitted, 2 packets received";
+    assert!(value(&out, "FIRST:").contains(received), "{}", ctx());
+    assert_eq!(value(&out, "REMOVED="), "0", "eth0 must go away: {}", ctx());
+    assert!(c.contains("RELOADED"), "{}", ctx());
+    assert!(value(&out, "SECOND:").contains(received), "{}", ctx());
+}
