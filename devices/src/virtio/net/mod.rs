@@ -357,7 +357,12 @@ impl NetWorker {
         {
             Ok(r) => r,
             Err(e) => {
+                // A broken ring: wait for the driver's next kick (or reset)
+                // rather than spin on a readable backend.
                 log::error!("{}: receive queue: {e}", self.name);
+                if let Err(e) = self.poll_backend(epoll, false) {
+                    log::error!("{}: epoll: {e}", self.name);
+                }
                 return;
             }
         };

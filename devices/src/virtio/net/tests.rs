@@ -666,3 +666,134 @@ fn activation_without_both_queues_fails() {
         "{err}"
     );
 }
+
+#[test]
+fn an_avail_index_more_than_a_queue_ahead_is_an_error_not_a_hang() {
+    let mem = memory();
+    let (backend, peer) = SocketNet::pair();
+    for (base, is_tx) in [(TXQ, true), (RXQ, false)] {
+        let vq = MockSplitQueue::create(&mem, GuestAddress(base), QSIZE);
+        let mut q: Queue = vq.create_queue().unwrap();
+        mem.write_obj(QSIZE + 1, vq.avail_addr().unchecked_add(2))
+            .unwrap();
+        let err = if is_tx {
+            process_tx(&mut q, &mem, backend.as_ref(), &mut Vec::new()).unwrap_err()
+        } else {
+            peer.send(&frame(10, 1)).unwrap();
+            Rx::new(true)
+                .process(&mut q, &mem, backend.as_ref())
+                .unwrap_err()
+        };
+        assert!(
+            matches!(err, virtio_queue::Error::InvalidAvailRingIndex),
+            "{err}"
+        );
+    }
+}
+
+// ------------------------------------------------- arbitrary guest rings
+
+/// xorshift64: deterministic pseudo-random input.
+struct Rand(u64);
+
+impl Rand {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Writes a random split ring (descriptor table, avail ring, indirect
+/// tables, buffers) biased towards almost-valid values.
+fn random_ring(mem: &GuestMemoryMmap, base: u64, rnd: &mut Rand) {
+    let addr = |rnd: &mut Rand| match rnd.below(6) {
+        0 => rnd.next(),
+        1 => MEM_SIZE as u64 - rnd.below(64),
+        2 => base + rnd.below(0x3000), // the ring itself
+        _ => BUF + rnd.below(0x4_0000),
+    };
+    let len = |rnd: &mut Rand| match rnd.below(6) {
+        0 => rnd.next() as u32,
+        1 => 12,
+        2 => 0,
+        3 => MAX_FRAME_LEN as u32 + 1,
+        _ => rnd.below(4096) as u32,
+    };
+    for i in 0..u64::from(QSIZE) {
+        let (a, l) = (addr(rnd), len(rnd));
+        let d = SplitDescriptor::new(a, l, rnd.below(8) as u16, rnd.below(20) as u16);
+        mem.write_obj(RawDescriptor::from(d), GuestAddress(base + 16 * i))
+            .unwrap();
+    }
+    // Indirect tables land in the buffer area: fill some of it with descriptors.
+    for i in 0..64u64 {
+        let (a, l) = (addr(rnd), len(rnd));
+        let d = SplitDescriptor::new(a, l, rnd.below(8) as u16, rnd.below(20) as u16);
+        mem.write_obj(
+            RawDescriptor::from(d),
+            GuestAddress(BUF + 16 * rnd.below(0x4000) + i % 16),
+        )
+        .unwrap();
+    }
+    let avail = base + 0x1000;
+    mem.write_obj(0u16, GuestAddress(avail)).unwrap();
+    let idx = if rnd.below(8) == 0 {
+        rnd.next() as u16
+    } else {
+        rnd.below(u64::from(QSIZE) + 1) as u16
+    };
+    mem.write_obj(idx, GuestAddress(avail + 2)).unwrap();
+    for i in 0..u64::from(QSIZE) {
+        mem.write_obj(rnd.below(20) as u16, GuestAddress(avail + 4 + 2 * i))
+            .unwrap();
+    }
+}
+
+fn ring_queue(mem: &GuestMemoryMmap, base: u64, event_idx: bool) -> Queue {
+    use virtio_queue::QueueT;
+    let mut q = Queue::new(QSIZE).unwrap();
+    q.try_set_desc_table_address(GuestAddress(base)).unwrap();
+    q.try_set_avail_ring_address(GuestAddress(base + 0x1000))
+        .unwrap();
+    q.try_set_used_ring_address(GuestAddress(base + 0x2000))
+        .unwrap();
+    q.set_event_idx(event_idx);
+    q.set_ready(true);
+    assert!(q.is_valid(mem));
+    q
+}
+
+#[test]
+fn arbitrary_rings_and_frames_never_panic_or_hang() {
+    let mut rnd = Rand(0x1234_5678_9abc_def1);
+    for round in 0..400 {
+        let mem = memory();
+        random_ring(&mem, TXQ, &mut rnd);
+        random_ring(&mem, RXQ, &mut rnd);
+        let (backend, peer) = SocketNet::pair();
+        let event_idx = round % 2 == 0;
+        let mut tx = ring_queue(&mem, TXQ, event_idx);
+        let mut buf = Vec::new();
+        // Errors (an avail index too far ahead) are fine; panics are not.
+        let _ = process_tx(&mut tx, &mem, backend.as_ref(), &mut buf);
+        for f in received(&peer) {
+            assert!((NET_HDR_LEN..=MAX_FRAME_LEN).contains(&f.len()));
+        }
+        let mut rx_queue = ring_queue(&mem, RXQ, event_idx);
+        let mut rx = Rx::new(round % 3 != 0);
+        for _ in 0..3 {
+            let n = match rnd.below(4) {
+                0 => rnd.below(NET_HDR_LEN as u64 + 1),
+                1 => MAX_FRAME_LEN as u64 - rnd.below(2),
+                _ => rnd.below(6000),
+            };
+            peer.send(&vec![0xab; n as usize]).unwrap();
+        }
+        let _ = rx.process(&mut rx_queue, &mem, backend.as_ref());
+    }
+}
