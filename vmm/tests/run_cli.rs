@@ -157,3 +157,51 @@ fn failed_vcpu_exits_one_with_registers_and_explains_pvm_hosts() {
     let pvm = Path::new("/sys/module/kvm_pvm").exists();
     assert_eq!(err.contains("cannot run unmodified kernels"), pvm, "{err}");
 }
+
+/// Whether this process holds CAP_NET_ADMIN (bit 12 of CapEff).
+fn has_cap_net_admin() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .expect("CapEff");
+    eff & (1 << 12) != 0
+}
+
+#[test]
+fn tap_without_cap_net_admin_fails_naming_the_tap_and_the_capability() {
+    require_kvm();
+    let dir = scratch("tap");
+    let kernel = write(&dir, "tiny.elf", &common::tiny_guest::pvh_elf(b'P'));
+    let ivmm_args = [
+        "run",
+        "--kernel",
+        &kernel,
+        "--mem",
+        "128M",
+        "--net",
+        "tap=ivmmnocap0",
+    ];
+    // Without CAP_NET_ADMIN, TUNSETIFF fails before any interface exists,
+    // so this never creates a TAP on the host. With it (root), setpriv
+    // drops the capability from ivmm's bounding set first.
+    let mut cmd = if has_cap_net_admin() {
+        let mut c = Command::new("setpriv");
+        c.arg("--bounding-set=-net_admin")
+            .arg(env!("CARGO_BIN_EXE_ivmm"));
+        c
+    } else {
+        ivmm()
+    };
+    let out = cmd
+        .args(ivmm_args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("spawn setpriv (util-linux) / ivmm");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(err.contains("--net tap=ivmmnocap0"), "{err}");
+    assert!(err.contains("needs CAP_NET_ADMIN"), "{err}");
+    assert!(out.stdout.is_empty(), "the guest must not run");
+}
