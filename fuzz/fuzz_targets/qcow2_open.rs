@@ -2,7 +2,7 @@
 //! validation, imago's metadata handling (reads), and the independent `check`
 //! walker. Backing files named by the input are never opened.
 //!
-//! Run: `cd fuzz && ./make_corpus.sh && cargo +nightly fuzz run qcow2_open corpus/qcow2_open`
+//! Run: `fuzz/run.sh qcow2_open 600` (or cargo-fuzz: `cargo +nightly fuzz run qcow2_open`)
 #![no_main]
 
 use std::io::Write;

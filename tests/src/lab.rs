@@ -133,14 +133,17 @@ impl RunOptions {
 
     /// Do not fail a run whose ivmm keeps running more than [`GUEST_END_GRACE`] after the
     /// guest kernel printed that it halted, powered off or restarted (e.g. `--on-reboot
-    /// restart` tests).
+    /// restart` tests). Shell jobs never get that grace check.
     pub fn keep_running_after_guest_end(mut self) -> Self {
         self.keep_running_after_guest_end = true;
         self
     }
 
-    fn guest_end_grace(&self) -> Option<Duration> {
-        (!self.keep_running_after_guest_end).then_some(GUEST_END_GRACE)
+    /// Only a lone ivmm is expected to exit when its guest ends: a shell job may run several
+    /// VMs in a row, and its own timeout bounds it.
+    fn guest_end_grace(&self, job: &Job) -> Option<Duration> {
+        let lone_ivmm = matches!(job, Job::Ivmm(_));
+        (lone_ivmm && !self.keep_running_after_guest_end).then_some(GUEST_END_GRACE)
     }
 
     /// Attaches a raw disk image: `{disk0}`, `{disk1}`, … in arguments (Nested: a virtio disk
@@ -423,7 +426,7 @@ impl Lab {
             stdin: &opts.stdin,
             passthrough: false,
             merge_stderr: true,
-            guest_end_grace: opts.guest_end_grace(),
+            guest_end_grace: opts.guest_end_grace(job),
         };
         let raw = runner::run(cmd, job.name(), &spec)?;
         let chunks: Vec<(usize, Duration)> = raw
@@ -581,7 +584,7 @@ impl Lab {
             stdin: &opts.stdin,
             passthrough: interactive,
             merge_stderr: false,
-            guest_end_grace: opts.guest_end_grace(),
+            guest_end_grace: opts.guest_end_grace(job),
         };
         let raw = runner::run(cmd, "qemu-system-x86_64 (L1)", &spec)?;
         nested_outcome(&raw)

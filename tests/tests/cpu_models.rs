@@ -23,6 +23,29 @@ const MODEL_PAIRS: &[(&str, &str)] = &[
     ("x86-64-v2", "qemu64-v1,-svm,+popcnt,+sse4.1,+sse4.2,+ssse3"),
     ("Skylake-Server", "Skylake-Server-v1"),
     ("host,-avx2", "host,-avx2"),
+    // libvirt starts cpu64-rhel6 as qemu64 plus the model's feature list.
+    ("cpu64-rhel6", "qemu64-v1,-svm,+x2apic"),
+    ("x86-64-v1", "qemu64-v1,-svm"),
+    (
+        "x86-64-v3",
+        "qemu64-v1,-svm,+popcnt,+sse4.1,+sse4.2,+ssse3,+avx,+avx2,+bmi1,+bmi2,+f16c,+fma,\
+         +abm,+movbe,+xsave",
+    ),
+    (
+        "x86-64-v4",
+        "qemu64-v1,-svm,+popcnt,+sse4.1,+sse4.2,+ssse3,+avx,+avx2,+bmi1,+bmi2,+f16c,+fma,\
+         +abm,+movbe,+xsave,+avx512f,+avx512bw,+avx512cd,+avx512dq,+avx512vl",
+    ),
+    ("Nehalem", "Nehalem-v1"),
+    ("Westmere", "Westmere-v1"),
+    ("SandyBridge", "SandyBridge-v1"),
+    ("IvyBridge", "IvyBridge-v1"),
+    ("Haswell-noTSX", "Haswell-v2"),
+    ("Broadwell-noTSX", "Broadwell-v2"),
+    ("Skylake-Client", "Skylake-Client-v1"),
+    ("Cascadelake-Server", "Cascadelake-Server-v1"),
+    ("Icelake-Server", "Icelake-Server-v1"),
+    ("EPYC-Milan", "EPYC-Milan-v1"),
 ];
 
 fn lab() -> Lab {

@@ -325,7 +325,7 @@ fn second_writer_is_refused_with_a_clear_message() {
     let c = &out.console;
     assert!(c.contains("second-rc=1"), "{c}\n{}", out.l1_log);
     assert!(c.contains("in use by another process"), "{c}");
-    assert!(c.contains("--disk /dev/vda"), "{c}");
+    assert!(c.contains("--disk /dev/lab-disk-0"), "{c}");
     // A reader is refused too while a writer holds the image (QEMU's rule).
     assert!(c.contains("readonly-rc=1"), "{c}");
 }
@@ -395,22 +395,27 @@ fn synced_data_survives_kill_9_of_ivmm() {
             "--disk",
             "{disk0},format=qcow2",
         ],
-        // Data written through the page cache, then sync: only the guest's
-        // flush makes it durable.
-        "dd if=/dev/urandom of=/dev/vda bs=1M count=12 seek=3 2>/dev/null && sync && \
+        // Data written through the page cache, then fsync of the device
+        // (`sync FILE`): only the guest's flush makes it durable. A plain
+        // `sync` flushes filesystems but sends no FLUSH for a raw device.
+        "dd if=/dev/urandom of=/dev/vda bs=1M count=12 seek=3 2>/dev/null && sync /dev/vda && \
          echo SUM=$(dd if=/dev/vda bs=1M skip=3 count=12 2>/dev/null | md5sum) && \
          echo SYNCED; sleep 600",
     );
     let script = format!(
         "{run} & P=$!\n\
          i=0; until grep -q SYNCED /tmp/g.log 2>/dev/null; do i=$((i+1)); [ $i -gt 900 ] && break; sleep 0.2; done\n\
-         kill -9 $P; wait $P; echo killed-rc=$?; grep SUM= /tmp/g.log"
+         kill -9 $P; wait $P; echo killed-rc=$?; grep SUM= /tmp/g.log
+         /usr/bin/qemu-img check /dev/lab-disk-0; echo check-rc=$?
+         /usr/bin/qemu-img convert -O raw /dev/lab-disk-0 /tmp/back.raw && \
+         echo L1SUM=$(dd if=/tmp/back.raw bs=1M skip=3 count=12 2>/dev/null | md5sum)"
     );
     let out = lab
         .run_shell(
             &script,
             RunOptions::new()
                 .disk(&img)
+                .host_binary("/usr/bin/qemu-img")
                 .timeout(Duration::from_secs(300)),
         )
         .expect("lab run");
@@ -422,6 +427,9 @@ fn synced_data_survives_kill_9_of_ivmm() {
         .and_then(|l| l.split_whitespace().next())
         .expect("guest checksum")
         .to_string();
+    // L1's own view right after the kill, then the host file's.
+    assert!(c.contains("check-rc=0"), "{c}");
+    assert!(c.contains(&format!("L1SUM={sum}")), "{c}");
     let bytes = image_bytes(&s, &img, "qcow2");
     let region = s.path("region");
     std::fs::write(&region, &bytes[3 * MIB..15 * MIB]).expect("region");

@@ -110,17 +110,58 @@ fn bad_input_fails_in_one_line_and_creates_nothing() {
     assert_fails(&["commit", p(&ov)], "gone.raw");
     assert_eq!(std::fs::read(&ov).unwrap(), before);
 
-    // No permission (root bypasses file modes, so this only runs unprivileged).
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        let ro = d.join("ro.qcow2");
-        ivmm_ok(&["create", "-q", "-f", "qcow2", p(&ro), "1M"]);
-        std::fs::set_permissions(&ro, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
-        assert_fails(&["info", p(&ro)], "ro.qcow2");
-        assert_fails(&["resize", p(&ro), "+1M"], "ro.qcow2");
-    } else {
-        eprintln!("note: permission case not exercised (running as root)");
+    // No permission: root bypasses file modes, so as root the commands run
+    // as `nobody` through setpriv on a root-only file in a readable directory.
+    let open_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        open_dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let private = open_dir.path().join("private.qcow2");
+    ivmm_ok(&["create", "-q", "-f", "qcow2", p(&private), "1M"]);
+    let mode = if as_root() { 0o600 } else { 0o000 };
+    std::fs::set_permissions(&private, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    let before = std::fs::read(&private).unwrap();
+    for args in [
+        &["info", p(&private)][..],
+        &["check", p(&private)],
+        &["resize", p(&private), "+1M"],
+        &["create", "-f", "qcow2", p(&private), "2M"],
+    ] {
+        assert_fails_unprivileged(args, "Permission denied");
     }
+    assert_eq!(std::fs::read(&private).unwrap(), before);
+}
+
+fn as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// [`assert_fails`] for a user without access to root's files.
+fn assert_fails_unprivileged(args: &[&str], needle: &str) {
+    if !as_root() {
+        return assert_fails(args, needle);
+    }
+    let o = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            IVMM,
+            "img",
+        ])
+        .args(args)
+        .output()
+        .expect("setpriv (util-linux)");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{args:?} succeeded as nobody");
+    let first = err.lines().next().unwrap_or("");
+    assert!(
+        first.contains(needle) && first.contains("private.qcow2"),
+        "{args:?}: first line {first:?} (all: {err})"
+    );
 }
 
 /// A qemu-io process holding `img` open (read-write unless `-r`), returned

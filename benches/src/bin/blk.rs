@@ -123,15 +123,12 @@ fn main() {
             )
         }
     };
-    let ivmm_bin = lab.ivmm_binary().expect("ivmm binary");
-    let ivmm_bytes = std::fs::read(&ivmm_bin).expect("read ivmm");
     let qemu = "/usr/bin/qemu-system-x86_64";
-    let ivmm_libs = ivmm_tests::shared_libs(&ivmm_bin).expect("ivmm's shared libraries");
 
     let mut rows: Vec<Row> = Vec::new();
     for (format, image) in [("raw", &raw), ("qcow2", &qcow)] {
         let ivmm = format!(
-            "{{files}}/ivmm run --kernel {kernel} --initrd {initrd} --vcpus 2 --mem 512M \
+            "{{ivmm}} run --kernel {kernel} --initrd {initrd} --vcpus 2 --mem 512M \
              --serial stdio --cmdline '{cmdline}' --disk {{disk0}},format={format},cache=none"
         );
         let qemu_cmd = format!(
@@ -141,17 +138,14 @@ fn main() {
              -device virtio-blk-pci,drive=d0,num-queues=2"
         );
         for (vmm, script) in [("ivmm", ivmm), ("qemu", qemu_cmd)] {
-            let mut opts = RunOptions::new()
+            // `{ivmm}` in a script makes the harness carry ivmm and its libraries.
+            let opts = RunOptions::new()
                 .disk(image.as_path())
-                .file("ivmm", &ivmm_bytes, true)
                 .host_binary(qemu)
                 .host_file("/usr/share/seabios/bios-256k.bin")
                 .host_file("/usr/share/qemu/linuxboot_dma.bin")
                 .host_file("/usr/share/qemu/kvmvapic.bin")
                 .timeout(Duration::from_secs(900));
-            for lib in &ivmm_libs {
-                opts = opts.host_file(lib.clone());
-            }
             match lab.run_shell(&l1_script(&script), opts) {
                 Ok(out) => match parse(&out.console) {
                     Some((jobs, exits)) if out.console.contains("BENCH-DONE") => {
