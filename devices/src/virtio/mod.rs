@@ -23,12 +23,26 @@ pub mod blk;
 pub mod net;
 pub mod pci;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 pub use pci::VirtioPciDevice;
+
+/// Fails when the driver's available index is more than a queue ahead of
+/// the device's: the ring is broken. (`pop_descriptor_chain` then yields
+/// nothing while `enable_notification` keeps reporting new entries, so a
+/// serving loop would spin forever.)
+pub fn check_avail_index(queue: &Queue, mem: &GuestMemoryMmap) -> Result<(), virtio_queue::Error> {
+    let idx = queue.avail_idx(mem, Ordering::Acquire)?;
+    if idx.0.wrapping_sub(queue.next_avail()) > queue.size() {
+        return Err(virtio_queue::Error::InvalidAvailRingIndex);
+    }
+    Ok(())
+}
 
 /// Feature bits of the transport (virtio 1.2 §6).
 pub const VIRTIO_F_RING_INDIRECT_DESC: u32 = 28;

@@ -354,6 +354,7 @@ pub fn process_queue(
 ) -> Result<bool, virtio_queue::Error> {
     let mut used_any = false;
     loop {
+        check_avail_index(queue, mem)?;
         queue.disable_notification(mem)?;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();

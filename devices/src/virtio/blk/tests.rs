@@ -519,3 +519,24 @@ fn config_space_and_features_follow_the_options() {
     assert_ne!(f & (1 << VIRTIO_BLK_F_RO), 0);
     assert_eq!(f & (1 << VIRTIO_BLK_F_DISCARD | 1 << VIRTIO_BLK_F_MQ), 0);
 }
+
+#[test]
+fn avail_index_more_than_a_queue_ahead_is_an_error_not_an_endless_loop() {
+    let r = rig();
+    let vq = MockSplitQueue::create(&r.mem, GuestAddress(0), 16);
+    let mut q: Queue = vq.create_queue().unwrap();
+    // The driver claims 17 new entries on a 16-entry ring.
+    r.mem
+        .write_obj::<u16>(17, vq.avail_addr().unchecked_add(2))
+        .unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let (mem, disk, limits, serial) = (r.mem.clone(), r.disk.clone(), r.limits.clone(), r.serial);
+    std::thread::spawn(move || {
+        let res = process_queue(&mut q, &mem, disk.as_ref(), &limits, &serial);
+        let _ = done_tx.send(res.is_err());
+    });
+    let failed = done_rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("process_queue must return on a broken ring");
+    assert!(failed);
+}

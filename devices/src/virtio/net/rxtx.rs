@@ -76,18 +76,6 @@ where
     Ok((segs, total))
 }
 
-/// Fails when the driver's available index is more than a queue ahead of
-/// the device's: the ring is broken. (`pop_descriptor_chain` then yields
-/// nothing while `enable_notification` keeps reporting new entries, so a
-/// serving loop would spin forever.)
-fn check_avail_index(queue: &Queue, mem: &GuestMemoryMmap) -> Result<(), virtio_queue::Error> {
-    let idx = queue.avail_idx(mem, std::sync::atomic::Ordering::Acquire)?;
-    if idx.0.wrapping_sub(queue.next_avail()) > queue.size() {
-        return Err(virtio_queue::Error::InvalidAvailRingIndex);
-    }
-    Ok(())
-}
-
 /// Serves every available transmit chain: each frame (header included) is
 /// written to `backend` as it is. Returns whether the driver wants an
 /// interrupt (event-index aware).
@@ -99,7 +87,7 @@ pub fn process_tx(
 ) -> Result<bool, virtio_queue::Error> {
     let mut used_any = false;
     loop {
-        check_avail_index(queue, mem)?;
+        crate::virtio::check_avail_index(queue, mem)?;
         queue.disable_notification(mem)?;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
@@ -205,7 +193,7 @@ impl Rx {
         let mut used_any = false;
         let mut starved = false;
         let mut backend_failed = false;
-        check_avail_index(queue, mem)?;
+        crate::virtio::check_avail_index(queue, mem)?;
         for _ in 0..BUDGET {
             let len = match self.pending {
                 Some(len) => len,
