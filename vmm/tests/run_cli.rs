@@ -183,12 +183,13 @@ fn tap_without_cap_net_admin_fails_naming_the_tap_and_the_capability() {
         "--net",
         "tap=ivmmnocap0",
     ];
-    // Without CAP_NET_ADMIN, TUNSETIFF fails before any interface exists,
-    // so this never creates a TAP on the host. With it (root), setpriv
-    // drops the capability from ivmm's bounding set first.
+    // Without CAP_NET_ADMIN, TUNSETIFF fails before any interface exists.
+    // With it (root), setpriv drops the capability from ivmm's bounding set,
+    // inside a network namespace of its own (unshare) so that even a failed
+    // drop could not create a TAP among the host's interfaces.
     let mut cmd = if has_cap_net_admin() {
-        let mut c = Command::new("setpriv");
-        c.arg("--bounding-set=-net_admin")
+        let mut c = Command::new("unshare");
+        c.args(["--net", "setpriv", "--bounding-set=-net_admin"])
             .arg(env!("CARGO_BIN_EXE_ivmm"));
         c
     } else {
@@ -198,7 +199,7 @@ fn tap_without_cap_net_admin_fails_naming_the_tap_and_the_capability() {
         .args(ivmm_args)
         .stdin(std::process::Stdio::null())
         .output()
-        .expect("spawn setpriv (util-linux) / ivmm");
+        .expect("spawn unshare/setpriv (util-linux) / ivmm");
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "stderr: {err}");
     assert!(err.contains("--net tap=ivmmnocap0"), "{err}");
