@@ -399,8 +399,10 @@ impl Qcow2Disk {
     /// write we look (in the page-cached file, 8 bytes per not-yet-seen L1
     /// entry) whether an L1 entry appeared, and if so write back imago's caches
     /// right away. This shrinks the window from "until the next guest flush" to
-    /// the few instructions between imago's L1 write and our flush; closing it
-    /// needs the ordering fix in imago itself.
+    /// the time between imago's L1 write and our flush. The patched imago in
+    /// `third_party/` closes it (it writes the refblocks before the L1 entry);
+    /// this stays until an imago release has that fix, so that a build against
+    /// the unpatched crate is not left with the whole window.
     fn order_new_l2_tables(&self, access: &Access, offset: u64, len: u64) -> Result<()> {
         if self.read_only || len == 0 {
             return Ok(());
