@@ -3,6 +3,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+
 use crate::legacy::{VmControl, VmRequest};
 use crate::Interrupt;
 
@@ -176,4 +178,22 @@ impl crate::virtio::net::NetBackend for SocketNet {
         use std::os::fd::AsRawFd;
         self.sock.as_raw_fd()
     }
+}
+
+/// Split-ring descriptor flags (virtio 1.2 §2.7.5).
+pub const F_NEXT: u16 = 1;
+pub const F_WRITE: u16 = 2;
+
+/// (addr, len, device-writable) list → descriptors linked from `start`.
+pub fn chain(descs: &[(u64, u32, bool)], start: u16) -> Vec<RawDescriptor> {
+    descs
+        .iter()
+        .enumerate()
+        .map(|(i, &(addr, len, w))| {
+            let last = i + 1 == descs.len();
+            let flags = if w { F_WRITE } else { 0 } | if last { 0 } else { F_NEXT };
+            let next = if last { 0 } else { start + i as u16 + 1 };
+            RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
+        })
+        .collect()
 }

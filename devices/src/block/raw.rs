@@ -570,20 +570,10 @@ mod tests {
         }
         chunks.reverse();
         let mut odd = vec![0x5au8; 513];
-        let mut sg: Vec<VolatileSlice> = chunks
-            .iter_mut()
-            .map(|c| VolatileSlice::from(&mut c[..]))
-            .collect();
-        sg.insert(PAGES / 2, VolatileSlice::from(&mut odd[1..]));
+        let sg = scatter(&mut chunks, &mut odd[1..]);
         d.write_vectored(4096, &sg).unwrap();
         drop(sg);
-        let mut want = Vec::new();
-        for (i, c) in chunks.iter().enumerate() {
-            if i == PAGES / 2 {
-                want.extend_from_slice(&odd[1..]);
-            }
-            want.extend_from_slice(c);
-        }
+        let want = gather(&chunks, &odd[1..]);
         let bytes = std::fs::read(f.path()).unwrap();
         assert!(bytes[4096..4096 + want.len()] == want[..]);
         // Read back into zeroed buffers through the same scatter list.
@@ -591,21 +581,34 @@ mod tests {
             c.fill(0);
         }
         odd.fill(0);
-        let mut sg: Vec<VolatileSlice> = chunks
+        let sg = scatter(&mut chunks, &mut odd[1..]);
+        d.read_vectored(4096, &sg).unwrap();
+        drop(sg);
+        assert!(gather(&chunks, &odd[1..]) == want);
+    }
+
+    /// The scatter list of the test above: the pages, with `odd` in the middle.
+    fn scatter<'a>(pages: &'a mut [&mut [u8]], odd: &'a mut [u8]) -> Vec<VolatileSlice<'a>> {
+        let middle = pages.len() / 2;
+        let mut sg: Vec<VolatileSlice> = pages
             .iter_mut()
             .map(|c| VolatileSlice::from(&mut c[..]))
             .collect();
-        sg.insert(PAGES / 2, VolatileSlice::from(&mut odd[1..]));
-        d.read_vectored(4096, &sg).unwrap();
-        drop(sg);
-        let mut got = Vec::new();
-        for (i, c) in chunks.iter().enumerate() {
-            if i == PAGES / 2 {
-                got.extend_from_slice(&odd[1..]);
+        sg.insert(middle, VolatileSlice::from(odd));
+        sg
+    }
+
+    /// What the disk holds after the scatter list was written, in order.
+    fn gather(pages: &[&mut [u8]], odd: &[u8]) -> Vec<u8> {
+        let middle = pages.len() / 2;
+        let mut out = Vec::new();
+        for (i, c) in pages.iter().enumerate() {
+            if i == middle {
+                out.extend_from_slice(odd);
             }
-            got.extend_from_slice(c);
+            out.extend_from_slice(c);
         }
-        assert!(got == want);
+        out
     }
 
     #[test]

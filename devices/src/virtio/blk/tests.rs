@@ -9,12 +9,10 @@ use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Address, GuestAddress};
 
 use super::*;
-use crate::testing::MemDisk;
+use crate::testing::{chain, MemDisk, F_NEXT, F_WRITE};
 
 const MEM_SIZE: usize = 0x40_0000;
 const DISK_SIZE: usize = 64 * 1024;
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
 const F_INDIRECT: u16 = 4;
 const HDR: u64 = 0x10_0000;
 const DATA: u64 = 0x20_0000;
@@ -61,20 +59,6 @@ fn header(mem: &GuestMemoryMmap, req_type: u32, sector: u64) {
     h[0..4].copy_from_slice(&req_type.to_le_bytes());
     h[8..16].copy_from_slice(&sector.to_le_bytes());
     mem.write_slice(&h, GuestAddress(HDR)).unwrap();
-}
-
-/// (addr, len, device-writable) list → descriptors linked from `start`.
-fn chain(descs: &[(u64, u32, bool)], start: u16) -> Vec<RawDescriptor> {
-    descs
-        .iter()
-        .enumerate()
-        .map(|(i, &(addr, len, w))| {
-            let last = i + 1 == descs.len();
-            let flags = if w { F_WRITE } else { 0 } | if last { 0 } else { F_NEXT };
-            let next = if last { 0 } else { start + i as u16 + 1 };
-            RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
-        })
-        .collect()
 }
 
 impl Rig {

@@ -11,11 +11,9 @@ use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::rxtx::RxResult;
 use super::*;
-use crate::testing::SocketNet;
+use crate::testing::{chain, SocketNet, F_NEXT, F_WRITE};
 
 const MEM_SIZE: usize = 0x40_0000;
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
 const RXQ: u64 = 0;
 const TXQ: u64 = 0x8000;
 const BUF: u64 = 0x10_0000;
@@ -27,20 +25,6 @@ fn memory() -> GuestMemoryMmap {
     mem.write_slice(&vec![CANARY; MEM_SIZE - 0x10_0000], GuestAddress(0x10_0000))
         .unwrap();
     mem
-}
-
-/// (addr, len, device-writable) list → descriptors linked from `start`.
-fn chain(descs: &[(u64, u32, bool)], start: u16) -> Vec<RawDescriptor> {
-    descs
-        .iter()
-        .enumerate()
-        .map(|(i, &(addr, len, w))| {
-            let last = i + 1 == descs.len();
-            let flags = if w { F_WRITE } else { 0 } | if last { 0 } else { F_NEXT };
-            let next = if last { 0 } else { start + i as u16 + 1 };
-            RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
-        })
-        .collect()
 }
 
 /// One-descriptor chains, each on its own, from table index `start`.
