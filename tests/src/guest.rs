@@ -125,6 +125,17 @@ impl GuestBoot {
         args.extend(self.args.iter().cloned());
         Ok(args)
     }
+
+    /// The `ivmm run …` line for a [`crate::Lab::run_shell`] script: `{ivmm}` (so the harness
+    /// carries the binary into L1) and the quoted arguments.
+    pub fn shell_command(&self) -> Result<String> {
+        let words: Vec<String> = self
+            .ivmm_args()?
+            .iter()
+            .map(|a| crate::lab::shell_quote(a))
+            .collect();
+        Ok(format!("{{ivmm}} {}", words.join(" ")))
+    }
 }
 
 /// Standard base64 (RFC 4648, with padding), as busybox `base64 -d` reads it.

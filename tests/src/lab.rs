@@ -710,7 +710,7 @@ fn expand(arg: &str, map: &[(String, String)]) -> Result<String> {
     Ok(out)
 }
 
-fn shell_quote(s: &str) -> String {
+pub(crate) fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 

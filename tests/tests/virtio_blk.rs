@@ -263,24 +263,13 @@ fn readonly_disk_refuses_guest_writes_and_stays_untouched() {
     );
 }
 
-/// Where shell runs find ivmm: the harness brings the binary and its
-/// libraries into L1 when a script names `{ivmm}`.
-fn ivmm_path(_lab: &Lab) -> String {
-    "{ivmm}".to_string()
-}
-
 /// `ivmm run ...` for a shell script, the guest running `cmd`.
-fn ivmm_command(lab: &Lab, args: &[&str], cmd: &str) -> String {
-    let args = GuestBoot::new()
+fn ivmm_command(_lab: &Lab, args: &[&str], cmd: &str) -> String {
+    GuestBoot::new()
         .command(cmd)
         .args(args)
-        .ivmm_args()
-        .expect("ivmm args");
-    let quoted: Vec<String> = args
-        .iter()
-        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
-        .collect();
-    format!("{} {}", ivmm_path(lab), quoted.join(" "))
+        .shell_command()
+        .expect("ivmm args")
 }
 
 #[test]

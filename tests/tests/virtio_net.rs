@@ -16,16 +16,11 @@ fn lab() -> Lab {
 /// `ivmm run ...` for a shell script, the guest running `cmd`; the harness
 /// brings the binary into L1 because the script names `{ivmm}`.
 fn ivmm_command(args: &[&str], cmd: &str) -> String {
-    let args = GuestBoot::new()
+    GuestBoot::new()
         .command(cmd)
         .args(args)
-        .ivmm_args()
-        .expect("ivmm args");
-    let quoted: Vec<String> = args
-        .iter()
-        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
-        .collect();
-    format!("{{ivmm}} {}", quoted.join(" "))
+        .shell_command()
+        .expect("ivmm args")
 }
 
 /// The value after `KEY=` on the first console line that has it.
