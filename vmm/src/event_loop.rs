@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -147,6 +147,16 @@ extern "C" fn handle_termination(_: libc::c_int, _: *mut libc::siginfo_t, _: *mu
     }
 }
 
+/// Set once a termination signal arrived: from then on a guest reboot ends
+/// ivmm instead of restarting it (else a guest in a reboot loop could
+/// never be stopped with SIGTERM).
+static SHUTDOWN_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether a termination signal asked ivmm to stop.
+pub fn shutdown_requested() -> bool {
+    SHUTDOWN_REQUESTED.load(Ordering::SeqCst)
+}
+
 /// Power button on the first signal, hard stop on the second signal or
 /// when the timeout expires; ends the loop when the VM stops.
 pub struct Lifecycle {
@@ -222,6 +232,7 @@ impl MutEventSubscriber for Lifecycle {
                 return;
             }
             self.signalled = true;
+            SHUTDOWN_REQUESTED.store(true, Ordering::SeqCst);
             eprintln!(
                 "\r\nivmm: signal received: pressing the power button; hard stop in {} s",
                 self.timeout.as_secs()

@@ -27,6 +27,9 @@ pub fn main(args: RunArgs) -> anyhow::Result<i32> {
     } else {
         (config, None)
     };
+    if config.seccomp == crate::seccomp::SeccompMode::Kill {
+        crate::seccomp::install_sigsys_handler()?;
+    }
     crate::vcpu::install_kick_handler()
         .map_err(|e| anyhow::anyhow!("cannot install the vCPU kick handler: {e}"))?;
     let terminal = if config.serial == SerialMode::Stdio {
@@ -37,7 +40,10 @@ pub fn main(args: RunArgs) -> anyhow::Result<i32> {
     let escape = terminal.is_some();
     let result = loop {
         match vm::run(&kvm, &config, escape) {
-            Ok(ExitReason::Reset) if config.on_reboot == OnReboot::Restart => {
+            Ok(ExitReason::Reset)
+                if config.on_reboot == OnReboot::Restart
+                    && !crate::event_loop::shutdown_requested() =>
+            {
                 eprint!("\r\nivmm: guest rebooted; restarting\r\n");
                 continue;
             }
@@ -48,6 +54,9 @@ pub fn main(args: RunArgs) -> anyhow::Result<i32> {
     let reason = result?;
     match &reason {
         ExitReason::PowerOff => {}
+        ExitReason::Reset if crate::event_loop::shutdown_requested() => {
+            eprintln!("ivmm: guest rebooted after the stop signal; not restarting")
+        }
         ExitReason::Reset => eprintln!("ivmm: guest rebooted (--on-reboot exit)"),
         ExitReason::Panic => eprintln!("ivmm: guest kernel panicked (pvpanic)"),
         ExitReason::Fatal(msg) => eprintln!("ivmm: {msg}"),
