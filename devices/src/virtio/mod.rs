@@ -22,6 +22,7 @@
 pub mod blk;
 pub mod net;
 pub mod pci;
+pub mod spawn;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

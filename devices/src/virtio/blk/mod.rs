@@ -17,6 +17,7 @@ use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::spawn::{self, WorkerKind, WorkerSpawner};
 use super::*;
 use crate::block::DiskBackend;
 use request::*;
@@ -68,6 +69,7 @@ pub struct Block {
     serial: [u8; VIRTIO_BLK_ID_BYTES],
     config: [u8; CONFIG_LEN],
     workers: Vec<Worker>,
+    spawner: Arc<dyn WorkerSpawner>,
 }
 
 impl Block {
@@ -95,7 +97,15 @@ impl Block {
             serial,
             config,
             workers: Vec::new(),
+            spawner: spawn::plain(),
         }
+    }
+
+    /// Starts the queue threads through `spawner` (which gives them their
+    /// seccomp filter) instead of directly.
+    pub fn with_spawner(mut self, spawner: Arc<dyn WorkerSpawner>) -> Self {
+        self.spawner = spawner;
+        self
     }
 
     fn stop_workers(&mut self) {
@@ -187,9 +197,9 @@ impl VirtioDevice for Block {
                 interrupt: interrupt.clone(),
             };
             let name = format!("ivmm-{}-q{}", self.opts.name, aq.index);
-            let handle = std::thread::Builder::new()
-                .name(name)
-                .spawn(move || ctx.run())
+            let handle = self
+                .spawner
+                .spawn(name, WorkerKind::Block, Box::new(move || ctx.run()))
                 .map_err(ActivateError::Thread)?;
             self.workers.push(Worker {
                 stop,
@@ -200,11 +210,10 @@ impl VirtioDevice for Block {
     }
 
     fn reset(&mut self) {
+        // Everything the guest wrote so far becomes durable at reset: each
+        // worker flushes the disk as it stops (on its own thread, so the
+        // vCPU that wrote the reset needs no disk syscalls).
         self.stop_workers();
-        // Everything the guest wrote so far becomes durable at reset.
-        if let Err(e) = self.disk.flush() {
-            log::error!("{}: flush at reset: {e}", self.opts.name);
-        }
     }
 }
 
@@ -235,6 +244,13 @@ const STOP: u64 = 1;
 
 impl QueueWorker {
     fn run(mut self) {
+        self.serve_until_stopped();
+        if let Err(e) = self.disk.flush() {
+            log::error!("virtio-blk queue {}: flush on stop: {e}", self.index);
+        }
+    }
+
+    fn serve_until_stopped(&mut self) {
         let epoll = match self.epoll() {
             Ok(e) => e,
             Err(e) => {

@@ -23,6 +23,7 @@ use virtio_queue::Queue;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::spawn::{self, WorkerKind, WorkerSpawner};
 use super::*;
 use rxtx::{process_tx, Rx};
 
@@ -109,6 +110,7 @@ pub struct Net {
     opts: NetOptions,
     config: [u8; CONFIG_LEN],
     worker: Option<Worker>,
+    spawner: Arc<dyn WorkerSpawner>,
 }
 
 impl Net {
@@ -122,7 +124,15 @@ impl Net {
             opts,
             config,
             worker: None,
+            spawner: spawn::plain(),
         }
+    }
+
+    /// Starts the I/O thread through `spawner` (which gives it its seccomp
+    /// filter) instead of directly.
+    pub fn with_spawner(mut self, spawner: Arc<dyn WorkerSpawner>) -> Self {
+        self.spawner = spawner;
+        self
     }
 
     fn stop_worker(&mut self) {
@@ -206,9 +216,13 @@ impl VirtioDevice for Net {
             backend_polled: false,
             backend_failed: false,
         };
-        let handle = std::thread::Builder::new()
-            .name(format!("ivmm-{}", self.opts.name))
-            .spawn(move || ctx.run())
+        let handle = self
+            .spawner
+            .spawn(
+                format!("ivmm-{}", self.opts.name),
+                WorkerKind::Net,
+                Box::new(move || ctx.run()),
+            )
             .map_err(ActivateError::Thread)?;
         self.worker = Some(Worker {
             stop,
