@@ -88,6 +88,13 @@ pub struct RunArgs {
     /// for the guest to power off before stopping it hard.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub shutdown_timeout: u64,
+
+    /// System-call filters on every ivmm thread (each kind of thread has
+    /// its own allow-list): `kill` stops ivmm with a message naming the
+    /// thread and the call, `log` lets the call through and the kernel logs
+    /// it (dmesg), `off` installs none.
+    #[arg(long, value_name = "MODE", value_enum, default_value = "kill")]
+    pub seccomp: crate::seccomp::SeccompMode,
 }
 
 const RUN_AFTER_HELP: &str = "\
@@ -99,7 +106,8 @@ Console:
 
 Exit status:
   0   the guest powered off, or rebooted with --on-reboot exit
-  1   ivmm failed (KVM error, a file that is not a kernel, a vCPU failed)
+  1   ivmm failed (KVM error, a file that is not a kernel, a vCPU failed, a
+      thread made a system call its seccomp filter forbids)
   2   bad command line: an invalid option value or a missing file
   3   the guest kernel panicked (reported through pvpanic)
   4   stopped by Ctrl-A x, or hard-stopped after a signal and the timeout
@@ -107,7 +115,8 @@ Exit status:
 Signals:
   SIGTERM, SIGINT and SIGHUP press the ACPI power button; if the guest has not
   powered off after --shutdown-timeout seconds (or on a second signal), ivmm
-  stops it hard and exits with status 4.
+  stops it hard and exits with status 4. A guest that reboots after the
+  signal is not restarted, whatever --on-reboot says.
 
 Logging:
   IVMM_LOG=error|warn|info|debug|trace sets how much ivmm reports on stderr

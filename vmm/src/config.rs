@@ -300,6 +300,7 @@ pub struct VmConfig {
     pub snapshot: bool,
     /// virtio-net NICs in guest order (eth0, eth1, ...).
     pub nets: Vec<NetConfig>,
+    pub seccomp: crate::seccomp::SeccompMode,
 }
 
 /// Parses `512M`, `4G`, `1024` (bytes), `2T`; binary units.
@@ -408,6 +409,7 @@ impl TryFrom<&RunArgs> for VmConfig {
                 .iter()
                 .map(|n| NetConfig::parse(n))
                 .collect::<Result<_, _>>()?,
+            seccomp: args.seccomp,
         };
         config.validate(&args.mem)?;
         Ok(config)
@@ -506,6 +508,7 @@ mod tests {
             disk: Vec::new(),
             snapshot: false,
             net: Vec::new(),
+            seccomp: crate::seccomp::SeccompMode::Kill,
         }
     }
 

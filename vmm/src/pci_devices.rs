@@ -13,6 +13,7 @@ use devices::virtio::blk::{Block, BlockOptions};
 use devices::virtio::net::tap::{Tap, TapError};
 use devices::virtio::net::{Net, NetOptions};
 use devices::virtio::pci::BAR_SIZE;
+use devices::virtio::spawn::WorkerSpawner;
 use devices::virtio::VirtioPciDevice;
 use devices::Bus;
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
@@ -68,6 +69,8 @@ pub struct PciContext<'a> {
     pub mmio: &'a mut Bus,
     pub router: &'a Arc<GsiRouter>,
     pub bars: &'a mut AddressAllocator,
+    /// Starts the devices' I/O threads.
+    pub spawner: &'a Arc<dyn WorkerSpawner>,
 }
 
 /// An allocator over the 64-bit MMIO window.
@@ -103,7 +106,8 @@ pub fn add_disks(ctx: &mut PciContext<'_>, config: &VmConfig) -> Result<(), PciD
                 discard: disk.discard == DiscardMode::Unmap,
                 queues: config.vcpus.clamp(1, u32::from(u16::MAX)) as u16,
             },
-        );
+        )
+        .with_spawner(ctx.spawner.clone());
         add_virtio(ctx, slot as u8, Box::new(block))?;
     }
     Ok(())
@@ -127,7 +131,8 @@ pub fn add_nets(ctx: &mut PciContext<'_>, config: &VmConfig) -> Result<(), PciDe
                 name: format!("net{index}"),
                 mac: net.mac,
             },
-        );
+        )
+        .with_spawner(ctx.spawner.clone());
         add_virtio(ctx, slot as u8, Box::new(device))?;
     }
     Ok(())

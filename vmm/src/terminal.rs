@@ -1,10 +1,12 @@
 //! Raw mode for an interactive console, restored on every way out: normal
 //! return (guard drop), and panics (the hook below).
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 /// The terminal settings to restore, if we changed them.
 static SAVED: Mutex<Option<libc::termios>> = Mutex::new(None);
+/// The same settings for signal handlers, which cannot take a lock.
+static SAVED_FOR_SIGNALS: OnceLock<libc::termios> = OnceLock::new();
 
 /// Puts stdin's terminal in raw mode while alive.
 pub struct RawTerminal(());
@@ -31,6 +33,7 @@ impl RawTerminal {
             return None;
         }
         *SAVED.lock().unwrap_or_else(|p| p.into_inner()) = Some(original);
+        let _ = SAVED_FOR_SIGNALS.set(original);
         install_panic_hook();
         Some(RawTerminal(()))
     }
@@ -47,6 +50,16 @@ pub fn restore() {
     if let Some(original) = saved {
         // SAFETY: valid fd and pointer to the termios saved by enable().
         unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &original) };
+    }
+}
+
+/// Restores the original settings from a signal handler (no lock, no
+/// allocation). Harmless if they were restored already.
+pub fn restore_from_signal_handler() {
+    if let Some(original) = SAVED_FOR_SIGNALS.get() {
+        // SAFETY: tcsetattr is async-signal-safe; valid fd and pointer to
+        // the termios saved by enable().
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, original) };
     }
 }
 

@@ -19,6 +19,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable};
 
 use crate::control::{ExitReason, StopControl};
+use crate::seccomp::{self, SeccompMode, ThreadKind};
 use boot::kernel::EntryPoint;
 
 /// Real-time signal used to kick vCPU threads out of KVM_RUN.
@@ -154,6 +155,7 @@ pub struct VcpuContext {
     pub stop: Arc<AtomicBool>,
     /// Appended to fatal-error reports (e.g. the kvm_pvm explanation).
     pub fatal_hint: Option<&'static str>,
+    pub seccomp: SeccompMode,
 }
 
 /// Starts vCPU `index` on a thread named `vcpu<index>`.
@@ -180,6 +182,12 @@ pub fn stop_all(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) {
 }
 
 fn run(index: u32, mut fd: VcpuFd, ctx: VcpuContext) {
+    // The guest must not run a single instruction on an unfiltered vCPU.
+    if let Err(e) = seccomp::install(ThreadKind::Vcpu, ctx.seccomp) {
+        ctx.control
+            .stop(ExitReason::Fatal(format!("vCPU {index}: {e}")));
+        return;
+    }
     KVM_RUN.with(|run| run.set(fd.get_kvm_run() as *mut kvm_run));
     let result = run_loop(index, &mut fd, &ctx);
     KVM_RUN.with(|run| run.set(std::ptr::null_mut()));

@@ -15,6 +15,7 @@ use boot::layout::*;
 use boot::memory_map;
 use devices::legacy::{AcpiPm, Cmos, PvPanic, Serial, I8042};
 use devices::pci::{HostBridge, PciBus, PciConfigIo, PciConfigMmio};
+use devices::virtio::spawn::WorkerSpawner;
 use devices::Bus;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{
@@ -28,6 +29,8 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::config::{SerialMode, VmConfig};
 use crate::control::{ExitReason, StopControl};
 use crate::event_loop::{ConsoleInput, Lifecycle};
+use crate::seccomp::{self, ThreadKind};
+use crate::spawner::FilteredSpawner;
 use crate::vcpu;
 
 /// KVM needs three pages for the TSS just below 4 GiB on Intel; keep them
@@ -80,6 +83,10 @@ pub enum VmError {
     Cpu(#[from] boot::cpu_model::CpuModelError),
     #[error("event loop: {0}")]
     EventLoop(String),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
+    #[error("cannot start the device spawner thread: {0}")]
+    Spawner(#[source] std::io::Error),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -217,6 +224,7 @@ fn create_platform(
     mem: &GuestMemoryMmap,
     config: &VmConfig,
     control: &Arc<StopControl>,
+    spawner: &Arc<dyn WorkerSpawner>,
 ) -> Result<Platform, VmError> {
     let dev_err = |e: devices::BusError| VmError::Device(e.to_string());
     let mut pio = Bus::new();
@@ -277,6 +285,7 @@ fn create_platform(
         mmio: &mut mmio,
         router: &router,
         bars: &mut bars,
+        spawner,
     };
     crate::pci_devices::add_disks(&mut pci_ctx, config)?;
     crate::pci_devices::add_nets(&mut pci_ctx, config)?;
@@ -374,6 +383,7 @@ fn build_machine(
     mem: &GuestMemoryMmap,
     config: &VmConfig,
     control: &Arc<StopControl>,
+    spawner: &Arc<dyn WorkerSpawner>,
 ) -> Result<(Platform, Vec<VcpuFd>), VmError> {
     vm.set_tss_address(KVM_TSS_ADDRESS)
         .map_err(kvm_err("setting the TSS address"))?;
@@ -384,7 +394,7 @@ fn build_machine(
         ..Default::default()
     })
     .map_err(kvm_err("creating the PIT"))?;
-    let platform = create_platform(vm, mem, config, control)?;
+    let platform = create_platform(vm, mem, config, control, spawner)?;
     let entry = load_guest(mem, config)?;
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -427,17 +437,22 @@ pub fn run(kvm: &Kvm, config: &VmConfig, console_escape: bool) -> Result<ExitRea
     let vm = Arc::new(kvm.create_vm().map_err(kvm_err("creating the VM"))?);
     let mem = allocate_memory(config.mem_bytes)?;
     let control = Arc::new(StopControl::new()?);
+    let spawner: Arc<dyn WorkerSpawner> =
+        Arc::new(FilteredSpawner::start(config.seccomp).map_err(VmError::Spawner)?);
     let (platform, vcpu_fds) = std::thread::scope(|scope| {
         let registration = std::thread::Builder::new()
             .name("memslots".into())
             .spawn_scoped(scope, || register_memory(&vm, &mem))?;
-        let built = build_machine(kvm, &vm, &mem, config, &control);
+        let built = build_machine(kvm, &vm, &mem, config, &control, &spawner);
         let registered = registration
             .join()
             .unwrap_or_else(|_| Err(VmError::EventLoop("memory registration panicked".into())));
         registered.and(built)
     })?;
     let stop = Arc::new(AtomicBool::new(false));
+    // Before any vCPU exists, so the guest never runs beside an unfiltered
+    // VMM thread (a no-op when an earlier boot installed it).
+    seccomp::install(ThreadKind::Vmm, config.seccomp)?;
 
     let mut events: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
         EventManager::new().map_err(|e| VmError::EventLoop(format!("{e:?}")))?;
@@ -465,6 +480,7 @@ pub fn run(kvm: &Kvm, config: &VmConfig, console_escape: bool) -> Result<ExitRea
             control: control.clone(),
             stop: stop.clone(),
             fatal_hint: hint,
+            seccomp: config.seccomp,
         };
         match vcpu::spawn(index as u32, fd, ctx) {
             Ok(t) => threads.push(t),

@@ -206,3 +206,201 @@ fn tap_without_cap_net_admin_fails_naming_the_tap_and_the_capability() {
     assert!(err.contains("needs CAP_NET_ADMIN"), "{err}");
     assert!(out.stdout.is_empty(), "the guest must not run");
 }
+
+/// Starts ivmm on an idle guest with a raw disk and waits for the guest's
+/// first byte, so every thread the VM starts before the guest runs exists.
+fn start_idle_vm(name: &str) -> std::process::Child {
+    use std::io::Read;
+    let dir = scratch(name);
+    let kernel = write(&dir, "idle.elf", &common::tiny_guest::pvh_elf_idle(b'I'));
+    let disk = write(&dir, "disk.raw", &vec![0u8; 1 << 20]);
+    let mut child = ivmm()
+        .args(["run", "--kernel", &kernel, "--mem", "128M", "--vcpus", "2"])
+        .args(["--disk", &format!("{disk},format=raw")])
+        .args(["--shutdown-timeout", "1"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn ivmm");
+    let mut first = [0u8; 1];
+    let read = child.stdout.as_mut().expect("stdout").read(&mut first);
+    if read.ok() != Some(1) || first != *b"I" {
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("wait");
+        panic!("the idle guest did not print: {}", stderr(&out));
+    }
+    child
+}
+
+/// (thread name, `Seccomp:` value) of every thread of `pid`.
+fn seccomp_of_threads(pid: u32) -> Vec<(String, String)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("read tasks") {
+        let status = std::fs::read_to_string(task.expect("task").path().join("status"))
+            .expect("read status");
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        threads.push((field("Name:"), field("Seccomp:")));
+    }
+    threads.sort();
+    threads
+}
+
+#[test]
+fn every_thread_runs_under_its_seccomp_filter() {
+    require_kvm();
+    let child = start_idle_vm("seccomp-threads");
+    let threads = seccomp_of_threads(child.id());
+    send_sigterm(child.id());
+    let out = child.wait_with_output().expect("wait");
+    let names: Vec<&str> = threads.iter().map(|(n, _)| n.as_str()).collect();
+    for expected in ["ivmm", "vcpu0", "vcpu1", "ivmm-spawner"] {
+        assert!(
+            names.contains(&expected),
+            "no {expected} thread in {threads:?}"
+        );
+    }
+    for (name, mode) in &threads {
+        assert_eq!(mode, "2", "thread {name} is not filtered: {threads:?}");
+    }
+    // SIGTERM presses the power button; the idle guest ignores it, so ivmm
+    // stops it hard after --shutdown-timeout (exit 4), with no seccomp stop.
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("seccomp"), "{}", stderr(&out));
+}
+
+#[test]
+fn seccomp_off_installs_no_filter() {
+    require_kvm();
+    let dir = scratch("seccomp-off");
+    let kernel = write(&dir, "idle.elf", &common::tiny_guest::pvh_elf_idle(b'O'));
+    let mut child = ivmm()
+        .args([
+            "run",
+            "--kernel",
+            &kernel,
+            "--seccomp",
+            "off",
+            "--shutdown-timeout",
+            "1",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn ivmm");
+    let mut first = [0u8; 1];
+    std::io::Read::read_exact(child.stdout.as_mut().expect("stdout"), &mut first).expect("byte");
+    let threads = seccomp_of_threads(child.id());
+    send_sigterm(child.id());
+    let out = child.wait_with_output().expect("wait");
+    assert!(threads.iter().all(|(_, m)| m == "0"), "{threads:?}");
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+}
+
+/// The test hook makes the first thread of a kind call `uselib` (134) right
+/// after its filter is in place: ivmm must stop with the documented message.
+#[test]
+fn a_forbidden_syscall_stops_ivmm_naming_the_thread_and_the_call() {
+    require_kvm();
+    for (kind, thread) in [
+        ("vcpu", "vcpu"),
+        ("vmm", "main"),
+        ("spawner", "ivmm-spawner"),
+    ] {
+        let dir = scratch(&format!("seccomp-kill-{kind}"));
+        let kernel = write(&dir, "idle.elf", &common::tiny_guest::pvh_elf_idle(b'K'));
+        let mut child = ivmm()
+            .args(["run", "--kernel", &kernel, "--shutdown-timeout", "1"])
+            .env("IVMM_TEST_SECCOMP_VIOLATION", kind)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn ivmm");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while child.try_wait().expect("try_wait").is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{kind}: ivmm kept running"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().expect("wait");
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{kind}: {err}");
+        assert!(
+            err.contains(&format!("ivmm: seccomp: the {kind} thread '{thread}"))
+                && err.contains("made system call 134,"),
+            "{kind}: {err}"
+        );
+    }
+}
+
+#[test]
+fn seccomp_log_mode_lets_a_forbidden_call_through() {
+    require_kvm();
+    let dir = scratch("seccomp-log");
+    let kernel = write(&dir, "tiny.elf", &common::tiny_guest::pvh_elf(b'L'));
+    let out = ivmm()
+        .args(["run", "--kernel", &kernel, "--seccomp", "log"])
+        .env("IVMM_TEST_SECCOMP_VIOLATION", "vcpu")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("spawn ivmm");
+    assert_eq!(out.stdout, b"L", "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+fn send_sigterm(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+}
+
+/// `--on-reboot restart` rebuilds the whole VM (memory, devices, disks,
+/// vCPUs) on the VMM thread, which by then runs under its filter.
+#[test]
+fn restarting_guest_is_rebuilt_under_the_vmm_filter() {
+    use std::io::Read;
+    require_kvm();
+    let dir = scratch("seccomp-restart");
+    let kernel = write(&dir, "tiny.elf", &common::tiny_guest::pvh_elf(b'R'));
+    let disk = write(&dir, "disk.raw", &vec![0u8; 1 << 20]);
+    let mut child = ivmm()
+        .args(["run", "--kernel", &kernel, "--on-reboot", "restart"])
+        .args(["--disk", &format!("{disk},format=raw"), "--snapshot"])
+        .args(["--shutdown-timeout", "1"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn ivmm");
+    let mut boots = [0u8; 3];
+    let read = child
+        .stdout
+        .as_mut()
+        .expect("stdout")
+        .read_exact(&mut boots);
+    send_sigterm(child.id());
+    let out = child.wait_with_output().expect("wait");
+    assert!(read.is_ok(), "fewer than 3 boots: {}", stderr(&out));
+    assert_eq!(&boots, b"RRR");
+    assert!(!stderr(&out).contains("seccomp"), "{}", stderr(&out));
+    // The signal stops the reboot loop: the next reboot is not restarted
+    // (0), or the hard stop comes first (4).
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(4)),
+        "{:?}: {}",
+        out.status,
+        stderr(&out)
+    );
+}

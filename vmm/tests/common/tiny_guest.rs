@@ -27,6 +27,19 @@ pub fn pvh_elf(byte: u8) -> Vec<u8> {
     pvh_elf_with_code(&code(byte))
 }
 
+/// A PVH guest that writes `byte` to COM1 and then halts with interrupts
+/// off, so it stays up (idle) until ivmm is told to stop.
+pub fn pvh_elf_idle(byte: u8) -> Vec<u8> {
+    pvh_elf_with_code(&[
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xb0, byte, // mov al, byte
+        0xee, // out dx, al
+        0xfa, // cli
+        0xf4, // hlt
+        0xeb, 0xfd, // jmp back to hlt
+    ])
+}
+
 /// A PVH guest that jumps into the unbacked 32-bit PCI hole: no KVM can fetch instructions
 /// there, so the vCPU stops with an internal (emulation) error.
 pub fn pvh_elf_executing_mmio() -> Vec<u8> {
