@@ -27,6 +27,9 @@ pub fn main(args: RunArgs) -> anyhow::Result<i32> {
     } else {
         (config, None)
     };
+    if config.seccomp != crate::seccomp::SeccompMode::Off {
+        crate::seccomp::prepare_process();
+    }
     if config.seccomp == crate::seccomp::SeccompMode::Kill {
         crate::seccomp::install_sigsys_handler()?;
     }

@@ -289,8 +289,9 @@ const TUNSETOFFLOAD: u64 = ioc(IOC_WRITE, b'T' as u64, 208, 4);
 const TUNSETIFF: u64 = ioc(IOC_WRITE, b'T' as u64, 202, 4);
 const TUNSETVNETHDRSZ: u64 = ioc(IOC_WRITE, b'T' as u64, 216, 4);
 const TUNGETFEATURES: u64 = ioc(IOC_READ, b'T' as u64, 207, 4);
+/// What glibc's `tcsetattr(TCSANOW)` uses (it reads the settings back):
+/// every thread may restore the terminal, from the SIGSYS handler.
 const TCGETS: u64 = 0x5401;
-/// What `tcsetattr(TCSANOW)` uses; every thread may restore the terminal.
 const TCSETS: u64 = 0x5402;
 const TIOCGWINSZ: u64 = 0x5413;
 const FIONBIO: u64 = 0x5421;
@@ -308,7 +309,7 @@ fn ioctl_request_is(request: u64) -> BuildResult<SeccompRule> {
 }
 
 fn ioctl_rules(kind: ThreadKind) -> BuildResult<Vec<SeccompRule>> {
-    let mut requests = vec![TCSETS];
+    let mut requests = vec![TCGETS, TCSETS];
     if matches!(kind, ThreadKind::Vcpu | ThreadKind::Vmm) {
         requests.extend([
             KVM_RUN,
@@ -323,7 +324,6 @@ fn ioctl_rules(kind: ThreadKind) -> BuildResult<Vec<SeccompRule>> {
             TUNSETIFF,
             TUNSETVNETHDRSZ,
             TUNGETFEATURES,
-            TCGETS,
             TIOCGWINSZ,
             FIONBIO,
             BLKGETSIZE64,
@@ -381,6 +381,23 @@ fn rules(kind: ThreadKind) -> BuildResult<Rules> {
         rules.insert(libc::SYS_prctl, prctl_rules()?);
     }
     Ok(rules)
+}
+
+/// Prepares the C library for filtered threads; call before the first
+/// filter. glibc reads `/proc/sys/vm/overcommit_memory` the first time it
+/// shrinks a thread arena's heap, which can be on any thread at any time
+/// (seen on a vCPU at guest power-off): with a trim threshold no heap
+/// reaches, it never shrinks one. ivmm's heap is small (guest RAM is a
+/// separate mapping), so keeping freed heap memory costs little.
+pub fn prepare_process() {
+    const NEVER_TRIM: libc::c_int = libc::c_int::MAX;
+    // SAFETY: mallopt only changes allocator tuning; it is called before
+    // any filter and returns 0 on an unknown parameter (then nothing
+    // changed and a filter may still stop a trim: a reported error).
+    let ok = unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, NEVER_TRIM) };
+    if ok == 0 {
+        log::warn!("cannot set the malloc trim threshold; a heap trim may trip seccomp");
+    }
 }
 
 /// Installs the SIGSYS handler that reports a trapped syscall. Call once,
