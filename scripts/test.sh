@@ -16,8 +16,8 @@ step "host setup (scripts/setup.sh)"
 scripts/setup.sh
 step "guest fixtures (scripts/fetch-guest.sh)"
 scripts/fetch-guest.sh
-step "ivmm release binary"
-cargo build --release -p vmm
+step "ivmm release binary (with the test-only hooks the hardening tests use)"
+cargo build --release -p vmm --features test-hooks
 step "tests"
 # One test thread per binary is not needed: the lab serializes nested runs with a lock.
 cargo test --workspace --release "$@"

@@ -404,3 +404,36 @@ fn restarting_guest_is_rebuilt_under_the_vmm_filter() {
         stderr(&out)
     );
 }
+
+/// On a terminal ivmm is in raw mode when a filter stops it: the SIGSYS
+/// handler restores the terminal (its own calls must pass every filter,
+/// or the kernel kills ivmm without a word). `script` gives ivmm a pty.
+#[test]
+fn a_forbidden_syscall_on_a_terminal_is_reported_and_the_terminal_restored() {
+    require_kvm();
+    let dir = scratch("seccomp-tty");
+    let kernel = write(&dir, "idle.elf", &common::tiny_guest::pvh_elf_idle(b'T'));
+    let ivmm = env!("CARGO_BIN_EXE_ivmm");
+    let inner = format!(
+        "stty -g; IVMM_TEST_SECCOMP_VIOLATION=vcpu {ivmm} run --kernel {kernel} \
+         --shutdown-timeout 1; echo RC=$?; stty -g"
+    );
+    let out = Command::new("script")
+        .args(["-qec", &inner, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script (util-linux)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("RC=1"), "{text}");
+    assert!(
+        text.contains("ivmm: seccomp: the vcpu thread 'vcpu0' made system call 134,"),
+        "{text}"
+    );
+    let settings: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.split(':').count() > 30)
+        .collect();
+    assert_eq!(settings.len(), 2, "{text}");
+    assert_eq!(settings[0], settings[1], "terminal not restored: {text}");
+}
