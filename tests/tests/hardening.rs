@@ -185,3 +185,173 @@ fn a_forbidden_call_in_a_device_thread_stops_ivmm_with_the_message() {
         context(&out)
     );
 }
+
+/// Compiles `tests/guest/hostile.c` statically and puts it on a raw disk
+/// image (padded to whole sectors); returns the image and the binary size.
+fn hostile_disk() -> (Image, u64) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/hostile.c");
+    let bin = std::env::temp_dir().join(format!("ivmm-hostile-{}", std::process::id()));
+    let out = Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .expect("gcc (with static glibc: libc6-dev)");
+    assert!(
+        out.status.success(),
+        "gcc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut bytes = std::fs::read(&bin).expect("hostile binary");
+    let _ = std::fs::remove_file(&bin);
+    let size = bytes.len() as u64;
+    bytes.resize(bytes.len().next_multiple_of(1 << 20), 0);
+    let image =
+        Image(std::env::temp_dir().join(format!("ivmm-hard-carrier-{}", std::process::id())));
+    std::fs::write(image.path(), &bytes).expect("carrier image");
+    (image, size)
+}
+
+/// Guest RAM of the hostile run, and what ivmm may use beyond it.
+const HOSTILE_MEM_MIB: u64 = 256;
+const HOSTILE_OVERHEAD_MIB: u64 = 96;
+
+/// The issue's hostile guest: 60 s of random register writes and garbage
+/// virtio queues from inside L2. ivmm must neither crash nor hang nor grow
+/// past a memory bound, and must end the VM in a documented way: the guest
+/// powers off when done (0), or, if the attack broke it, a kernel panic is
+/// reported (3), a vCPU failure is reported with registers (1), or SIGTERM
+/// and the shutdown timeout stop it hard (4).
+#[test]
+fn hostile_guest_cannot_crash_hang_or_bloat_ivmm() {
+    let lab = lab();
+    let (carrier, size) = hostile_disk();
+    let target = Image::qcow2("target", "64M", 80 << 20);
+    let mem = format!("{HOSTILE_MEM_MIB}M");
+    let run = ivmm_command(
+        &[
+            "--vcpus",
+            "2",
+            "--mem",
+            &mem,
+            "--serial",
+            "none",
+            "--console-log",
+            "/tmp/g.log",
+            "--shutdown-timeout",
+            "10",
+            "--disk",
+            "{disk0},format=raw,readonly=on,serial=hostile",
+            "--disk",
+            "{disk1},format=qcow2",
+            "--net",
+            "tap=tap2",
+        ],
+        &format!(
+            "for b in /sys/block/vd*; do [ \"$(cat $b/serial)\" = hostile ] && D=/dev/${{b##*/}}; done; \
+             head -c {size} $D > /tmp/h && chmod +x /tmp/h && /tmp/h 60; echo HOSTILE-RC=$?"
+        ),
+    );
+    // L1: ivmm in the background; its peak RSS sampled every second; if it
+    // still runs 150 s after the start, SIGTERM, then SIGKILL as "hung".
+    let script = format!(
+        "{run} 2>/tmp/err.log & P=$!\n\
+         hwm=0; t=0; verdict=exited\n\
+         while [ -d /proc/$P ]; do\n\
+           h=$(grep VmHWM /proc/$P/status 2>/dev/null | tr -dc 0-9); [ -n \"$h\" ] && hwm=$h\n\
+           t=$((t+1))\n\
+           [ $t -eq 150 ] && {{ kill -TERM $P; verdict=signalled; }}\n\
+           [ $t -eq 200 ] && {{ kill -KILL $P; verdict=hung; }}\n\
+           sleep 1\n\
+         done\n\
+         wait $P; echo IVMM-RC=$? VERDICT=$verdict HWM-KIB=$hwm\n\
+         echo STDERR-BEGIN; cat /tmp/err.log; echo STDERR-END\n\
+         grep -a 'HOSTILE-\\|IVMM-CMD-EXIT\\|Kernel panic\\|BUG\\|Oops' /tmp/g.log | tail -20\n"
+    );
+    let out = lab
+        .run_shell(
+            &script,
+            RunOptions::new()
+                .disk(carrier.path())
+                .disk(target.path())
+                .timeout(Duration::from_secs(420)),
+        )
+        .expect("lab run");
+    let c = &out.console;
+    for l in c
+        .lines()
+        .filter(|l| l.contains("HOSTILE-") || l.contains("IVMM-RC="))
+    {
+        eprintln!("{l}");
+    }
+    let field = |key: &str| {
+        c.lines()
+            .find_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix(key)))
+            .unwrap_or_else(|| panic!("no {key}: {}", context(&out)))
+            .to_string()
+    };
+    let devices: u32 = field("HOSTILE-DEVICES=").parse().unwrap_or(0);
+    assert!(
+        devices >= 3,
+        "the attack found {devices} virtio devices: {}",
+        context(&out)
+    );
+    let verdict = field("VERDICT=");
+    assert_ne!(
+        verdict,
+        "hung",
+        "ivmm ignored SIGTERM and its own timeout: {}",
+        context(&out)
+    );
+    let stderr = c
+        .split_once("STDERR-BEGIN")
+        .and_then(|(_, rest)| rest.split_once("STDERR-END"))
+        .map(|(e, _)| e)
+        .unwrap_or("");
+    assert!(
+        !stderr.contains("panicked"),
+        "ivmm panicked: {}",
+        context(&out)
+    );
+    assert!(
+        !stderr.contains("seccomp"),
+        "a filter stopped ivmm: {}",
+        context(&out)
+    );
+    let rc = field("IVMM-RC=");
+    match rc.as_str() {
+        "0" => assert!(
+            c.contains("HOSTILE-DONE") && c.contains("IVMM-CMD-EXIT"),
+            "exit 0 without the guest finishing: {}",
+            context(&out)
+        ),
+        "3" => assert!(stderr.contains("pvpanic"), "{}", context(&out)),
+        "1" => assert!(
+            stderr.contains("stopped:"),
+            "exit 1 without a vCPU report: {}",
+            context(&out)
+        ),
+        "4" => assert!(
+            verdict == "signalled" && stderr.contains("did not power off in time"),
+            "{}",
+            context(&out)
+        ),
+        other => panic!("ivmm exit status {other}: {}", context(&out)),
+    }
+    let hwm_mib = field("HWM-KIB=").parse::<u64>().unwrap_or(u64::MAX) / 1024;
+    eprintln!(
+        "ivmm exit {rc} ({verdict}), peak RSS {hwm_mib} MiB with {HOSTILE_MEM_MIB} MiB guest RAM"
+    );
+    assert!(
+        hwm_mib <= HOSTILE_MEM_MIB + HOSTILE_OVERHEAD_MIB,
+        "peak RSS {hwm_mib} MiB: {}",
+        context(&out)
+    );
+    // Whatever the guest made the device write, the image stays consistent.
+    let check = Command::new("qemu-img")
+        .args(["check", "-q", "-f", "qcow2"])
+        .arg(target.path())
+        .output()
+        .expect("qemu-img check");
+    assert!(check.status.success(), "{check:?}");
+}
