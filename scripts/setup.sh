@@ -38,6 +38,8 @@ declare -A NEEDED=(
 	[readelf]=binutils
 	[gzip]=gzip
 	[dpkg-deb]=dpkg
+	[gcc]=gcc     # the hostile-guest test compiles tests/guest/hostile.c statically
+	[script]=bsdutils # a pty for the seccomp terminal test
 )
 
 qemu_version() { # first "version X.Y.Z" on the first line of `$1 --version`
