@@ -437,3 +437,80 @@ fn a_forbidden_syscall_on_a_terminal_is_reported_and_the_terminal_restored() {
     assert_eq!(settings.len(), 2, "{text}");
     assert_eq!(settings[0], settings[1], "terminal not restored: {text}");
 }
+
+/// `ivmm run` without --net needs no privilege beyond /dev/kvm: as user
+/// nobody with no capabilities, in a private mount namespace where a
+/// nobody-owned node for KVM is bound over /dev/kvm (the host's node and
+/// its permissions are untouched).
+#[test]
+fn runs_as_an_unprivileged_user_with_only_dev_kvm_access() {
+    require_kvm();
+    let dir = scratch("nonroot");
+    let kernel = write(&dir, "tiny.elf", &common::tiny_guest::pvh_elf(b'U'));
+    let disk = write(&dir, "disk.raw", &vec![0u8; 1 << 20]);
+    let node = dir.join("kvm");
+    let _ = std::fs::remove_file(&node);
+    let rdev = std::fs::metadata("/dev/kvm").map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.rdev()
+    });
+    let rdev = rdev.expect("stat /dev/kvm");
+    let made = Command::new("mknod")
+        .arg(&node)
+        .args([
+            "c",
+            &dev_major(rdev).to_string(),
+            &dev_minor(rdev).to_string(),
+        ])
+        .status()
+        .expect("mknod");
+    assert!(made.success());
+    let ivmm = env!("CARGO_BIN_EXE_ivmm");
+    let nobody = "65534";
+    for path in [
+        node.to_str().unwrap(),
+        &disk,
+        &kernel,
+        dir.to_str().unwrap(),
+    ] {
+        assert!(Command::new("chown")
+            .args([&format!("{nobody}:{nobody}"), path])
+            .status()
+            .unwrap()
+            .success());
+    }
+    let script = format!(
+        "mount --bind {node} /dev/kvm && exec setpriv --reuid {nobody} --regid {nobody} \
+         --clear-groups --inh-caps=-all {ivmm} run --kernel {kernel} --disk {disk},format=raw",
+        node = node.display()
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "sh", "-c", &script])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("unshare");
+    assert_eq!(out.stdout, b"U", "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+/// glibc's major()/minor() split of a device number.
+fn dev_major(rdev: u64) -> u64 {
+    ((rdev >> 32) & 0xffff_f000) | ((rdev >> 8) & 0xfff)
+}
+
+fn dev_minor(rdev: u64) -> u64 {
+    ((rdev >> 12) & 0xffff_ff00) | (rdev & 0xff)
+}
+
+#[test]
+fn more_devices_than_pci_slots_are_refused_before_the_vm_starts() {
+    let dir = scratch("slots");
+    let kernel = write(&dir, "tiny.elf", &common::tiny_guest::pvh_elf(b'x'));
+    let disk = write(&dir, "d.raw", &vec![0u8; 4096]);
+    let spec = format!("{disk},format=raw,readonly=on");
+    let mut args = vec!["--kernel", kernel.as_str()];
+    for _ in 0..32 {
+        args.extend(["--disk", spec.as_str()]);
+    }
+    assert_refused(&args, "too many PCI devices");
+}
