@@ -143,7 +143,9 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, K
 /// recommends (it keeps the initrd out of the kernel's decompression area).
 pub fn initrd_placement(size: u64, kernel_end: u64, limit: u64) -> Option<u64> {
     let start = limit.checked_sub(size)? & !(PAGE_SIZE - 1);
-    (start >= kernel_end.next_multiple_of(PAGE_SIZE)).then_some(start)
+    // An ELF segment's memsz is not checked against RAM: the end may be
+    // within a page of u64::MAX.
+    (start >= kernel_end.checked_next_multiple_of(PAGE_SIZE)?).then_some(start)
 }
 
 /// Highest address (exclusive) the kernel accepts for the initrd's end.
@@ -229,6 +231,14 @@ mod tests {
     fn initrd_that_would_overlap_the_kernel_is_refused() {
         assert_eq!(initrd_placement(0x100_0000, 0x20_0000, 0x100_0000), None);
         assert_eq!(initrd_placement(u64::MAX, 0, 0x100_0000), None);
+    }
+
+    #[test]
+    fn kernel_ending_in_the_last_page_of_the_address_space_gets_no_initrd() {
+        // An ELF whose PT_LOAD memsz reaches u64::MAX overflowed the
+        // page rounding (found writing fuzz/kernel_image, which hits it).
+        assert_eq!(initrd_placement(0x1000, u64::MAX, 0x100_0000), None);
+        assert_eq!(initrd_placement(0x1000, u64::MAX - 0xffe, 0x100_0000), None);
     }
 
     #[test]

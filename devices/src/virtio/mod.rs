@@ -33,11 +33,15 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub use pci::VirtioPciDevice;
 
-/// Fails when the driver's available index is more than a queue ahead of
-/// the device's: the ring is broken. (`pop_descriptor_chain` then yields
-/// nothing while `enable_notification` keeps reporting new entries, so a
-/// serving loop would spin forever.)
+/// Fails when the ring cannot be served: the driver's available index is
+/// more than a queue ahead of the device's, or the available ring is at
+/// guest address 0, which virtio-queue takes for "not set up". In both
+/// cases `pop_descriptor_chain` yields nothing while `enable_notification`
+/// keeps reporting new entries, so a serving loop would spin forever.
 pub fn check_avail_index(queue: &Queue, mem: &GuestMemoryMmap) -> Result<(), virtio_queue::Error> {
+    if queue.avail_ring() == 0 {
+        return Err(virtio_queue::Error::QueueNotReady);
+    }
     let idx = queue.avail_idx(mem, Ordering::Acquire)?;
     if idx.0.wrapping_sub(queue.next_avail()) > queue.size() {
         return Err(virtio_queue::Error::InvalidAvailRingIndex);

@@ -524,3 +524,26 @@ fn avail_index_more_than_a_queue_ahead_is_an_error_not_an_endless_loop() {
         .expect("process_queue must return on a broken ring");
     assert!(failed);
 }
+
+#[test]
+fn avail_ring_at_address_zero_is_an_error_not_an_endless_loop() {
+    // virtio-queue pops nothing from a ring at 0 while enable_notification
+    // sees the published entry (found by fuzz/virtio_blk_request).
+    let r = rig();
+    let mut q = Queue::new(16).unwrap();
+    q.try_set_desc_table_address(GuestAddress(0x1000)).unwrap();
+    q.try_set_avail_ring_address(GuestAddress(0)).unwrap();
+    q.try_set_used_ring_address(GuestAddress(0x2000)).unwrap();
+    q.set_ready(true);
+    r.mem.write_obj::<u16>(1, GuestAddress(2)).unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let (mem, disk, limits, serial) = (r.mem.clone(), r.disk.clone(), r.limits.clone(), r.serial);
+    std::thread::spawn(move || {
+        let res = process_queue(&mut q, &mem, disk.as_ref(), &limits, &serial);
+        let _ = done_tx.send(res.is_err());
+    });
+    let failed = done_rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("process_queue must return on a ring at address 0");
+    assert!(failed);
+}

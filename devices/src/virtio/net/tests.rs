@@ -192,6 +192,30 @@ fn looping_transmit_chain_is_dropped_after_a_good_one_is_sent() {
     assert_eq!(sent, vec![good]);
 }
 
+#[test]
+fn transmit_ring_at_address_zero_is_an_error_not_an_endless_loop() {
+    // Found by fuzz/virtio_net_tx_rx: virtio-queue pops nothing from an
+    // available ring at 0 while enable_notification sees its entries.
+    let mem = memory();
+    let mut q = Queue::new(QSIZE).unwrap();
+    q.try_set_desc_table_address(GuestAddress(TXQ)).unwrap();
+    q.try_set_avail_ring_address(GuestAddress(0)).unwrap();
+    q.try_set_used_ring_address(GuestAddress(TXQ + 0x1000))
+        .unwrap();
+    q.set_ready(true);
+    mem.write_obj::<u16>(1, GuestAddress(2)).unwrap();
+    let (backend, _peer) = SocketNet::pair();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let res = process_tx(&mut q, &mem, backend.as_ref(), &mut Vec::new());
+        let _ = done_tx.send(res.is_err());
+    });
+    let failed = done_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("process_tx must return on a ring at address 0");
+    assert!(failed);
+}
+
 // ----------------------------------------------------------------- receive
 
 struct RxRig {

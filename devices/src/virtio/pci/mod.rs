@@ -547,6 +547,11 @@ fn build_queue(
 ) -> Option<virtio_queue::Queue> {
     use virtio_queue::QueueT;
     use vm_memory::GuestAddress;
+    // virtio-queue never pops from an available ring at address 0 (its
+    // "not set up" value); refuse it here so the driver sees NEEDS_RESET.
+    if cfg.driver == 0 {
+        return None;
+    }
     let mut q = virtio_queue::Queue::new(cfg.max_size).ok()?;
     q.try_set_size(cfg.size).ok()?;
     q.try_set_desc_table_address(GuestAddress(cfg.desc)).ok()?;

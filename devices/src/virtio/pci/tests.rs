@@ -303,3 +303,16 @@ fn notify_write_signals_the_queue_eventfd() {
     r.dev.read(0, &mut big);
     r.dev.read(u64::MAX, &mut big);
 }
+
+#[test]
+fn available_ring_at_address_zero_sets_needs_reset() {
+    // virtio-queue never pops from a ring at 0, so a device serving it
+    // would spin (found by fuzz/virtio_blk_request).
+    let mut r = rig();
+    negotiate(&mut r.dev, 1 << VIRTIO_F_VERSION_1);
+    setup_queue(&mut r.dev, 0, 0x10000, 0);
+    w32(&mut r.dev, 0x28, 0);
+    w8(&mut r.dev, 0x14, 0xf);
+    assert_ne!(r.dev.status() & STATUS_NEEDS_RESET, 0);
+    assert!(r.seen.lock().unwrap().activations.is_empty());
+}
