@@ -384,19 +384,29 @@ fn rules(kind: ThreadKind) -> BuildResult<Rules> {
 }
 
 /// Prepares the C library for filtered threads; call before the first
-/// filter. glibc reads `/proc/sys/vm/overcommit_memory` the first time it
-/// shrinks a thread arena's heap, which can be on any thread at any time
-/// (seen on a vCPU at guest power-off): with a trim threshold no heap
-/// reaches, it never shrinks one. ivmm's heap is small (guest RAM is a
-/// separate mapping), so keeping freed heap memory costs little.
+/// filter. glibc opens files lazily, on whatever thread happens to need
+/// it, in two places a filter would trap:
+/// - sizing its arena limit when a ninth thread arena is made (it reads
+///   the CPU count from /sys): an explicit limit, glibc's own default of
+///   8 per CPU, is taken instead;
+/// - shrinking a thread arena's heap the first time (it reads
+///   /proc/sys/vm/overcommit_memory; seen on a vCPU at guest power-off):
+///   with a trim threshold no heap reaches it never shrinks one. ivmm's
+///   heap is small (guest RAM is a separate mapping), so keeping freed
+///   heap memory costs little.
 pub fn prepare_process() {
     const NEVER_TRIM: libc::c_int = libc::c_int::MAX;
-    // SAFETY: mallopt only changes allocator tuning; it is called before
-    // any filter and returns 0 on an unknown parameter (then nothing
-    // changed and a filter may still stop a trim: a reported error).
-    let ok = unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, NEVER_TRIM) };
-    if ok == 0 {
-        log::warn!("cannot set the malloc trim threshold; a heap trim may trip seccomp");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let arenas = libc::c_int::try_from(cpus.saturating_mul(8)).unwrap_or(libc::c_int::MAX);
+    for (param, value, what) in [
+        (libc::M_ARENA_MAX, arenas, "arena limit"),
+        (libc::M_TRIM_THRESHOLD, NEVER_TRIM, "trim threshold"),
+    ] {
+        // SAFETY: mallopt only changes allocator tuning; it returns 0 on
+        // an unknown parameter (then nothing changed).
+        if unsafe { libc::mallopt(param, value) } == 0 {
+            log::warn!("cannot set the malloc {what}; a seccomp filter may stop ivmm");
+        }
     }
 }
 

@@ -9,6 +9,8 @@ use vmm::seccomp::{self, SeccompMode};
 use vmm::spawner::FilteredSpawner;
 
 const CHILD_ENV: &str = "IVMM_SECCOMP_WORKER_CHILD";
+/// More than glibc's 8 arenas (64-bit) created before it sizes the limit.
+const WORKERS_AT_ONCE: usize = 24;
 
 /// Frees enough heap in a thread arena for glibc to shrink that heap,
 /// which (unprepared) makes it read /proc/sys/vm/overcommit_memory.
@@ -20,6 +22,34 @@ fn churn_heap() {
 /// In the child: the spawner and a worker of the named kind that calls
 /// uselib (134), allowed by no filter; or (`trim`) one that frees heap.
 fn child(kind: &str) {
+    if kind == "many" {
+        seccomp::prepare_process();
+        seccomp::install_sigsys_handler().expect("handler");
+        let spawner = FilteredSpawner::start(SeccompMode::Kill).expect("spawner");
+        // Workers alive at once, each allocating on its own: more thread
+        // arenas than glibc creates before it sizes its arena limit.
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(WORKERS_AT_ONCE));
+        let workers: Vec<_> = (0..WORKERS_AT_ONCE)
+            .map(|i| {
+                let barrier = barrier.clone();
+                spawner
+                    .spawn(
+                        format!("ivmm-test-{i}"),
+                        WorkerKind::Block,
+                        Box::new(move || {
+                            let v = std::hint::black_box(vec![i as u8; 4096]);
+                            barrier.wait();
+                            drop(v);
+                        }),
+                    )
+                    .expect("spawn")
+            })
+            .collect();
+        for w in workers {
+            let _ = w.join();
+        }
+        std::process::exit(0);
+    }
     if kind == "trim" {
         seccomp::prepare_process();
         seccomp::install_sigsys_handler().expect("handler");
@@ -97,6 +127,31 @@ fn heap_trims_in_filtered_threads_need_no_file_access() {
             "--nocapture",
         ])
         .env(CHILD_ENV, "trim")
+        .output()
+        .expect("run child");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Many filtered threads at once: glibc sizes its arena limit when it
+/// creates the ninth arena, which must not need a file (the CPU count).
+#[test]
+fn many_filtered_threads_at_once_need_no_file_access() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let out = Command::new(std::env::current_exe().expect("exe"))
+        .args([
+            "--exact",
+            "forbidden_call_in_a_worker_stops_the_process_with_the_message",
+            "--nocapture",
+        ])
+        .env(CHILD_ENV, "many")
         .output()
         .expect("run child");
     assert_eq!(
