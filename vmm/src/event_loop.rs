@@ -1,11 +1,11 @@
 //! The main thread's event loop (event-manager): console input from stdin,
-//! termination signals, the hard-stop timer, and the stop event that ends a
+//! termination signals (a signalfd), the hard-stop timer, and the stop event that ends a
 //! VM run. vCPU threads never block on any of these.
 
 use std::collections::VecDeque;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -134,16 +134,64 @@ impl MutEventSubscriber for ConsoleInput {
     }
 }
 
-/// The eventfd the termination-signal handler writes to (-1 before setup).
-static SIGNAL_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
+/// The signals that stop ivmm (power button first, then a hard stop).
+const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
-extern "C" fn handle_termination(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    let fd = SIGNAL_EVENT_FD.load(Ordering::Relaxed);
-    if fd >= 0 {
-        let one: u64 = 1;
-        // SAFETY: write(2) is async-signal-safe; the buffer is a local u64
-        // and the fd is an eventfd kept open for the whole process.
-        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+fn stop_signal_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it and
+    // sigaddset only sets bits of valid signal numbers.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in STOP_SIGNALS {
+            libc::sigaddset(&mut set, sig);
+        }
+        set
+    }
+}
+
+/// Blocks the stop signals in the calling thread, and so in every thread it
+/// starts afterwards: they then wait for the event loop's signalfd instead
+/// of interrupting whichever thread the kernel picks. Call before the first
+/// thread is started.
+pub fn block_stop_signals() -> std::io::Result<()> {
+    let set = stop_signal_set();
+    // SAFETY: a valid, initialised set; the old mask is not wanted.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::from_raw_os_error(rc))
+    }
+}
+
+/// A signalfd for the stop signals. Signals that arrive while none exists
+/// (between two boots of `--on-reboot restart`) stay pending for the next.
+struct StopSignals(std::fs::File);
+
+impl StopSignals {
+    fn new() -> std::io::Result<Self> {
+        let set = stop_signal_set();
+        // SAFETY: -1 asks for a new descriptor; the set is initialised.
+        let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor that the File now owns.
+        Ok(Self(unsafe { std::fs::File::from_raw_fd(fd) }))
+    }
+
+    /// Reads every queued signal; returns how many there were.
+    fn drain(&mut self) -> usize {
+        let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
+        let mut count = 0;
+        while let Ok(n) = self.0.read(&mut info) {
+            if n != info.len() {
+                break;
+            }
+            count += 1;
+        }
+        count
     }
 }
 
@@ -161,7 +209,7 @@ pub fn shutdown_requested() -> bool {
 /// when the timeout expires; ends the loop when the VM stops.
 pub struct Lifecycle {
     control: Arc<StopControl>,
-    signals: EventFd,
+    signals: StopSignals,
     timer: TimerFd,
     acpi: Arc<Mutex<AcpiPm>>,
     power_button_event: u32,
@@ -170,15 +218,15 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
-    /// Routes SIGTERM, SIGINT and SIGHUP to this loop. The eventfd lives as
-    /// long as the process (restarts reuse it).
+    /// Routes SIGTERM, SIGINT and SIGHUP to this loop (through a signalfd:
+    /// see [`block_stop_signals`]).
     pub fn new(
         control: Arc<StopControl>,
         acpi: Arc<Mutex<AcpiPm>>,
         power_button_event: u32,
         timeout: Duration,
     ) -> std::io::Result<Self> {
-        let signals = signal_event()?;
+        let signals = StopSignals::new()?;
         Ok(Self {
             control,
             signals,
@@ -191,28 +239,11 @@ impl Lifecycle {
     }
 }
 
-fn signal_event() -> std::io::Result<EventFd> {
-    static SHARED: Mutex<Option<EventFd>> = Mutex::new(None);
-    let mut shared = SHARED.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(evt) = shared.as_ref() {
-        return evt.try_clone();
-    }
-    let evt = EventFd::new(libc::EFD_NONBLOCK)?;
-    SIGNAL_EVENT_FD.store(evt.as_raw_fd(), Ordering::SeqCst);
-    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-        vmm_sys_util::signal::register_signal_handler(sig, handle_termination)
-            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
-    }
-    let clone = evt.try_clone()?;
-    *shared = Some(evt);
-    Ok(clone)
-}
-
 impl MutEventSubscriber for Lifecycle {
     fn init(&mut self, ops: &mut EventOps) {
         for fd in [
             self.control.event.as_raw_fd(),
-            self.signals.as_raw_fd(),
+            self.signals.0.as_raw_fd(),
             self.timer.as_raw_fd(),
         ] {
             if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
@@ -225,8 +256,11 @@ impl MutEventSubscriber for Lifecycle {
         let fd = events.fd();
         if fd == self.control.event.as_raw_fd() {
             let _ = self.control.event.read();
-        } else if fd == self.signals.as_raw_fd() {
-            let _ = self.signals.read();
+        } else if fd == self.signals.0.as_raw_fd() {
+            let received = self.signals.drain();
+            if received == 0 {
+                return;
+            }
             if self.signalled {
                 self.control.stop(ExitReason::HardStop);
                 return;

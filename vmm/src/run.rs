@@ -19,6 +19,8 @@ pub fn main(args: RunArgs) -> anyhow::Result<i32> {
             return Ok(USAGE_EXIT_CODE);
         }
     };
+    crate::event_loop::block_stop_signals()
+        .map_err(|e| anyhow::anyhow!("cannot block the stop signals: {e}"))?;
     let kvm = vm::open_kvm(&config)?;
     // Overlays (if any) are deleted when `_overlays` drops, after the VM.
     let (config, _overlays) = if config.snapshot {

@@ -76,7 +76,7 @@ fn repeated_boots_in_one_process_leave_no_fd_or_thread() {
         let reason = vmm::vm::run(&kvm, &config, false).expect("run");
         assert_eq!(reason, vmm::control::ExitReason::Reset);
     };
-    boot(); // first boot: one-time set-up (signal eventfd, handlers)
+    boot(); // first boot: one-time set-up (signal handlers)
     let (fds_before, threads_before) = (fds("self"), threads("self"));
     for _ in 0..20 {
         boot();
@@ -134,7 +134,7 @@ fn restarts_of_one_ivmm_keep_fds_and_threads_flat_and_exit_removes_overlays() {
         }
         (min_fds, min_threads)
     };
-    sample(1); // past the first boot's one-time set-up (signal eventfd)
+    sample(1); // past the first boot
     let early = sample(2);
     let boots_at_early = std::fs::metadata(&boots).map(|m| m.len()).unwrap_or(0);
     let overlays_while_running = ivmm_temp_files(&tmp);
