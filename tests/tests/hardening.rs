@@ -47,6 +47,15 @@ impl Image {
     fn path(&self) -> &Path {
         &self.0
     }
+    /// `qemu-img check` (the oracle) finds no corruption and no leak.
+    fn assert_consistent(&self) {
+        let check = Command::new("qemu-img")
+            .args(["check", "-q", "-f", "qcow2"])
+            .arg(&self.0)
+            .output()
+            .expect("qemu-img check");
+        assert!(check.status.success(), "{check:?}");
+    }
 }
 
 impl Drop for Image {
@@ -136,12 +145,7 @@ fn every_thread_is_filtered_while_the_guest_uses_disk_and_network() {
     }
     assert!(c.contains("IVMM-RC=0"), "{}", context(&out));
     assert!(!c.contains("seccomp:"), "{}", context(&out));
-    let check = Command::new("qemu-img")
-        .args(["check", "-q", "-f", "qcow2"])
-        .arg(img.path())
-        .output()
-        .expect("qemu-img check");
-    assert!(check.status.success(), "{check:?}");
+    img.assert_consistent();
 }
 
 /// Needs an ivmm built with `--features test-hooks` (scripts/test.sh builds
@@ -348,10 +352,5 @@ fn hostile_guest_cannot_crash_hang_or_bloat_ivmm() {
         context(&out)
     );
     // Whatever the guest made the device write, the image stays consistent.
-    let check = Command::new("qemu-img")
-        .args(["check", "-q", "-f", "qcow2"])
-        .arg(target.path())
-        .output()
-        .expect("qemu-img check");
-    assert!(check.status.success(), "{check:?}");
+    target.assert_consistent();
 }

@@ -4,33 +4,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn ivmm() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ivmm"))
 }
 
-/// A scratch directory, removed when dropped.
-struct Scratch(PathBuf);
-
-impl std::ops::Deref for Scratch {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn scratch(name: &str) -> Scratch {
-    let dir = std::env::temp_dir().join(format!("ivmm-run-cli-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create scratch dir");
-    Scratch(dir)
+fn scratch(name: &str) -> common::Scratch {
+    common::Scratch::new("run-cli", name)
 }
 
 fn run(args: &[&str]) -> Output {
@@ -39,6 +21,21 @@ fn run(args: &[&str]) -> Output {
         .args(args)
         .stdin(std::process::Stdio::null())
         .output()
+        .expect("spawn ivmm")
+}
+
+/// Starts `ivmm run ARGS --shutdown-timeout 1` with stdin closed and
+/// stdout/stderr piped.
+fn spawn_run(args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    ivmm()
+        .arg("run")
+        .args(args)
+        .args(["--shutdown-timeout", "1"])
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("spawn ivmm")
 }
 
@@ -230,15 +227,13 @@ fn start_idle_vm(name: &str) -> std::process::Child {
     let dir = scratch(name);
     let kernel = write(&dir, "idle.elf", &common::tiny_guest::pvh_elf_idle(b'I'));
     let disk = write(&dir, "disk.raw", &vec![0u8; 1 << 20]);
-    let mut child = ivmm()
-        .args(["run", "--kernel", &kernel, "--mem", "128M", "--vcpus", "2"])
-        .args(["--disk", &format!("{disk},format=raw")])
-        .args(["--shutdown-timeout", "1"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn ivmm");
+    let disk = format!("{disk},format=raw");
+    let mut child = spawn_run(
+        &[
+            "--kernel", &kernel, "--mem", "128M", "--vcpus", "2", "--disk", &disk,
+        ],
+        &[],
+    );
     let mut first = [0u8; 1];
     let read = child.stdout.as_mut().expect("stdout").read(&mut first);
     if read.ok() != Some(1) || first != *b"I" {
@@ -305,21 +300,7 @@ fn seccomp_off_installs_no_filter() {
     require_kvm();
     let dir = scratch("seccomp-off");
     let kernel = write(&dir, "idle.elf", &common::tiny_guest::pvh_elf_idle(b'O'));
-    let mut child = ivmm()
-        .args([
-            "run",
-            "--kernel",
-            &kernel,
-            "--seccomp",
-            "off",
-            "--shutdown-timeout",
-            "1",
-        ])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn ivmm");
+    let mut child = spawn_run(&["--kernel", &kernel, "--seccomp", "off"], &[]);
     let mut first = [0u8; 1];
     std::io::Read::read_exact(child.stdout.as_mut().expect("stdout"), &mut first).expect("byte");
     let threads = seccomp_of_threads(child.id());
@@ -341,14 +322,10 @@ fn a_forbidden_syscall_stops_ivmm_naming_the_thread_and_the_call() {
     ] {
         let dir = scratch(&format!("seccomp-kill-{kind}"));
         let kernel = write(&dir, "idle.elf", &common::tiny_guest::pvh_elf_idle(b'K'));
-        let mut child = ivmm()
-            .args(["run", "--kernel", &kernel, "--shutdown-timeout", "1"])
-            .env("IVMM_TEST_SECCOMP_VIOLATION", kind)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn ivmm");
+        let mut child = spawn_run(
+            &["--kernel", &kernel],
+            &[("IVMM_TEST_SECCOMP_VIOLATION", kind)],
+        );
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while child.try_wait().expect("try_wait").is_none() {
             assert!(
@@ -400,15 +377,19 @@ fn restarting_guest_is_rebuilt_under_the_vmm_filter() {
     let dir = scratch("seccomp-restart");
     let kernel = write(&dir, "tiny.elf", &common::tiny_guest::pvh_elf(b'R'));
     let disk = write(&dir, "disk.raw", &vec![0u8; 1 << 20]);
-    let mut child = ivmm()
-        .args(["run", "--kernel", &kernel, "--on-reboot", "restart"])
-        .args(["--disk", &format!("{disk},format=raw"), "--snapshot"])
-        .args(["--shutdown-timeout", "1"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn ivmm");
+    let disk = format!("{disk},format=raw");
+    let mut child = spawn_run(
+        &[
+            "--kernel",
+            &kernel,
+            "--on-reboot",
+            "restart",
+            "--disk",
+            &disk,
+            "--snapshot",
+        ],
+        &[],
+    );
     let mut boots = [0u8; 3];
     let read = child
         .stdout

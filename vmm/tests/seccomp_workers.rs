@@ -87,21 +87,38 @@ fn child(kind: &str) {
     std::process::exit(0);
 }
 
+/// Runs this binary again as the child `kind` (see [`child`]).
+fn run_child(kind: &str) -> std::process::Output {
+    Command::new(std::env::current_exe().expect("exe"))
+        .args([
+            "--exact",
+            "forbidden_call_in_a_worker_stops_the_process_with_the_message",
+            "--nocapture",
+        ])
+        .env(CHILD_ENV, kind)
+        .output()
+        .expect("run child")
+}
+
+/// The child `kind` must end normally, without a seccomp report.
+fn assert_child_succeeds(kind: &str) {
+    let out = run_child(kind);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn forbidden_call_in_a_worker_stops_the_process_with_the_message() {
     if let Ok(kind) = std::env::var(CHILD_ENV) {
         child(&kind);
     }
     for (kind, name) in [("block", "block I/O"), ("net", "net I/O")] {
-        let out = Command::new(std::env::current_exe().expect("exe"))
-            .args([
-                "--exact",
-                "forbidden_call_in_a_worker_stops_the_process_with_the_message",
-                "--nocapture",
-            ])
-            .env(CHILD_ENV, kind)
-            .output()
-            .expect("run child");
+        let out = run_child(kind);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{kind}: {:?} {err}", out.status);
         assert!(
@@ -120,22 +137,7 @@ fn heap_trims_in_filtered_threads_need_no_file_access() {
     if std::env::var(CHILD_ENV).is_ok() {
         return; // the child runs the other test's entry point
     }
-    let out = Command::new(std::env::current_exe().expect("exe"))
-        .args([
-            "--exact",
-            "forbidden_call_in_a_worker_stops_the_process_with_the_message",
-            "--nocapture",
-        ])
-        .env(CHILD_ENV, "trim")
-        .output()
-        .expect("run child");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{:?} {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_child_succeeds("trim");
 }
 
 /// Many filtered threads at once: glibc sizes its arena limit when it
@@ -145,20 +147,5 @@ fn many_filtered_threads_at_once_need_no_file_access() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
-    let out = Command::new(std::env::current_exe().expect("exe"))
-        .args([
-            "--exact",
-            "forbidden_call_in_a_worker_stops_the_process_with_the_message",
-            "--nocapture",
-        ])
-        .env(CHILD_ENV, "many")
-        .output()
-        .expect("run child");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{:?} {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_child_succeeds("many");
 }

@@ -1,11 +1,38 @@
-//! Helpers shared by the `ivmm img` integration tests: run ivmm, qemu-img and
-//! qemu-io (the oracle), deterministic pseudo-random numbers.
+//! Helpers shared by the vmm integration tests: run ivmm, qemu-img and
+//! qemu-io (the oracle), deterministic pseudo-random numbers, scratch
+//! directories.
 #![allow(dead_code)]
 
 pub mod tiny_guest;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+/// A scratch directory under the temporary directory, removed when dropped.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    /// `<tmp>/ivmm-<suite>-<pid>-<name>`, created empty.
+    pub fn new(suite: &str, name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("ivmm-{suite}-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        Scratch(dir)
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 pub const IVMM: &str = env!("CARGO_BIN_EXE_ivmm");
 
