@@ -29,9 +29,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<i32> {
     } else {
         (config, None)
     };
-    if config.seccomp != crate::seccomp::SeccompMode::Off {
-        crate::seccomp::prepare_process();
-    }
+    crate::seccomp::prepare_process(config.seccomp)?;
     if config.seccomp == crate::seccomp::SeccompMode::Kill {
         crate::seccomp::install_sigsys_handler()?;
     }

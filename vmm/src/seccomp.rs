@@ -45,6 +45,20 @@ pub enum ThreadKind {
     Net,
 }
 
+const ALL_KINDS: [ThreadKind; 5] = [
+    ThreadKind::Vmm,
+    ThreadKind::Vcpu,
+    ThreadKind::Spawner,
+    ThreadKind::Block,
+    ThreadKind::Net,
+];
+
+/// Every kind's program, compiled once on the main thread by
+/// [`prepare_process`] (indexed by `ThreadKind as usize`): threads then
+/// only install one, which keeps compiling allocations out of their
+/// malloc arenas.
+static PRECOMPILED: OnceLock<(SeccompMode, Vec<BpfProgram>)> = OnceLock::new();
+
 impl ThreadKind {
     pub fn name(self) -> &'static str {
         match self {
@@ -101,7 +115,14 @@ pub fn install(kind: ThreadKind, mode: SeccompMode) -> Result<(), SeccompError> 
     if KIND.with(|k| k.get()) == Some(kind) {
         return Ok(()); // the VMM thread on a restart: already filtered
     }
-    let program = compile(kind, mismatch)?;
+    let compiled;
+    let program = match PRECOMPILED.get() {
+        Some((m, programs)) if *m == mode => &programs[kind as usize],
+        _ => {
+            compiled = compile(kind, mismatch)?;
+            &compiled
+        }
+    };
     let mut name = [0u8; NAME_LEN];
     if let Some(n) = std::thread::current().name() {
         let n = n.as_bytes();
@@ -109,7 +130,7 @@ pub fn install(kind: ThreadKind, mode: SeccompMode) -> Result<(), SeccompError> 
         name[..len].copy_from_slice(&n[..len]);
     }
     NAME.with(|c| c.set(name));
-    seccompiler::apply_filter(&program).map_err(|source| SeccompError::Install {
+    seccompiler::apply_filter(program).map_err(|source| SeccompError::Install {
         kind: kind.name(),
         source,
     })?;
@@ -383,8 +404,8 @@ fn rules(kind: ThreadKind) -> BuildResult<Rules> {
     Ok(rules)
 }
 
-/// Prepares the C library for filtered threads; call before the first
-/// filter. glibc opens files lazily, on whatever thread happens to need
+/// Compiles every filter, and prepares the C library for filtered threads;
+/// call before the first thread starts. glibc opens files lazily, on whatever thread happens to need
 /// it, in two places a filter would trap:
 /// - sizing its arena limit when a ninth thread arena is made (it reads
 ///   the CPU count from /sys): an explicit limit, glibc's own default of
@@ -394,7 +415,17 @@ fn rules(kind: ThreadKind) -> BuildResult<Rules> {
 ///   with a trim threshold no heap reaches it never shrinks one. ivmm's
 ///   heap is small (guest RAM is a separate mapping), so keeping freed
 ///   heap memory costs little.
-pub fn prepare_process() {
+pub fn prepare_process(mode: SeccompMode) -> Result<(), SeccompError> {
+    let mismatch = match mode {
+        SeccompMode::Off => return Ok(()),
+        SeccompMode::Log => SeccompAction::Log,
+        SeccompMode::Kill => SeccompAction::Trap,
+    };
+    let programs = ALL_KINDS
+        .iter()
+        .map(|&kind| compile(kind, mismatch.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let _ = PRECOMPILED.set((mode, programs));
     const NEVER_TRIM: libc::c_int = libc::c_int::MAX;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let arenas = libc::c_int::try_from(cpus.saturating_mul(8)).unwrap_or(libc::c_int::MAX);
@@ -408,6 +439,7 @@ pub fn prepare_process() {
             log::warn!("cannot set the malloc {what}; a seccomp filter may stop ivmm");
         }
     }
+    Ok(())
 }
 
 /// Installs the SIGSYS handler that reports a trapped syscall. Call once,
@@ -532,13 +564,7 @@ mod tests {
 
     #[test]
     fn every_kind_compiles_in_both_modes() {
-        for kind in [
-            ThreadKind::Vmm,
-            ThreadKind::Vcpu,
-            ThreadKind::Spawner,
-            ThreadKind::Block,
-            ThreadKind::Net,
-        ] {
+        for kind in ALL_KINDS {
             for action in [SeccompAction::Log, SeccompAction::Trap] {
                 let program = compile(kind, action).unwrap();
                 assert!(!program.is_empty(), "{kind:?}");
@@ -565,6 +591,13 @@ mod tests {
             for nr in allowed(child) {
                 assert!(spawner.contains(&nr), "spawner lacks {nr} of {child:?}");
             }
+        }
+    }
+
+    #[test]
+    fn precompiled_programs_are_indexed_by_kind() {
+        for (i, kind) in ALL_KINDS.iter().enumerate() {
+            assert_eq!(*kind as usize, i);
         }
     }
 

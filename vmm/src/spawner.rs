@@ -128,3 +128,15 @@ impl Drop for FilteredSpawner {
         }
     }
 }
+
+/// For a VM without virtio devices: nothing ever asks for a worker, so no
+/// spawner thread is started (it would only cost memory).
+pub struct NoWorkers;
+
+impl WorkerSpawner for NoWorkers {
+    fn spawn(&self, name: String, _kind: WorkerKind, _work: Work) -> io::Result<JoinHandle<()>> {
+        Err(io::Error::other(format!(
+            "{name}: this VM has no device that runs I/O threads"
+        )))
+    }
+}

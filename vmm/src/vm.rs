@@ -30,7 +30,7 @@ use crate::config::{SerialMode, VmConfig};
 use crate::control::{ExitReason, StopControl};
 use crate::event_loop::{ConsoleInput, Lifecycle};
 use crate::seccomp::{self, ThreadKind};
-use crate::spawner::FilteredSpawner;
+use crate::spawner::{FilteredSpawner, NoWorkers};
 use crate::vcpu;
 
 /// KVM needs three pages for the TSS just below 4 GiB on Intel; keep them
@@ -437,8 +437,11 @@ pub fn run(kvm: &Kvm, config: &VmConfig, console_escape: bool) -> Result<ExitRea
     let vm = Arc::new(kvm.create_vm().map_err(kvm_err("creating the VM"))?);
     let mem = allocate_memory(config.mem_bytes)?;
     let control = Arc::new(StopControl::new()?);
-    let spawner: Arc<dyn WorkerSpawner> =
-        Arc::new(FilteredSpawner::start(config.seccomp).map_err(VmError::Spawner)?);
+    let spawner: Arc<dyn WorkerSpawner> = if config.disks.is_empty() && config.nets.is_empty() {
+        Arc::new(NoWorkers)
+    } else {
+        Arc::new(FilteredSpawner::start(config.seccomp).map_err(VmError::Spawner)?)
+    };
     let (platform, vcpu_fds) = std::thread::scope(|scope| {
         let registration = std::thread::Builder::new()
             .name("memslots".into())

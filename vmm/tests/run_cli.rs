@@ -322,8 +322,11 @@ fn a_forbidden_syscall_stops_ivmm_naming_the_thread_and_the_call() {
     ] {
         let dir = scratch(&format!("seccomp-kill-{kind}"));
         let kernel = write(&dir, "idle.elf", &common::tiny_guest::pvh_elf_idle(b'K'));
+        // A disk, so that the spawner thread exists.
+        let disk = write(&dir, "disk.raw", &[0u8; 4096]);
+        let disk = format!("{disk},format=raw");
         let mut child = spawn_run(
-            &["--kernel", &kernel],
+            &["--kernel", &kernel, "--disk", &disk],
             &[("IVMM_TEST_SECCOMP_VIOLATION", kind)],
         );
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

@@ -23,7 +23,7 @@ fn churn_heap() {
 /// uselib (134), allowed by no filter; or (`trim`) one that frees heap.
 fn child(kind: &str) {
     if kind == "many" {
-        seccomp::prepare_process();
+        seccomp::prepare_process(SeccompMode::Kill).expect("prepare");
         seccomp::install_sigsys_handler().expect("handler");
         let spawner = FilteredSpawner::start(SeccompMode::Kill).expect("spawner");
         // Workers alive at once, each allocating on its own: more thread
@@ -51,7 +51,7 @@ fn child(kind: &str) {
         std::process::exit(0);
     }
     if kind == "trim" {
-        seccomp::prepare_process();
+        seccomp::prepare_process(SeccompMode::Kill).expect("prepare");
         seccomp::install_sigsys_handler().expect("handler");
         let spawner = FilteredSpawner::start(SeccompMode::Kill).expect("spawner");
         for _ in 0..4 {

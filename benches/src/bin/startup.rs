@@ -97,6 +97,7 @@ fn measure(name: &str, runs: usize, mut make: impl FnMut() -> Command) {
 }
 
 fn main() {
+    // startup [RUNS] [--ivmm-only]
     let runs: usize = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
@@ -125,11 +126,21 @@ fn main() {
         c.args(["run", "--mem", "128M", "--kernel"]).arg(&kernel);
         c
     });
-    if Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok()
+    // What the per-thread seccomp filters cost (built and installed by
+    // every thread before it runs).
+    measure("ivmm --seccomp off", runs, || {
+        let mut c = Command::new(&ivmm);
+        c.args(["run", "--mem", "128M", "--seccomp", "off", "--kernel"])
+            .arg(&kernel);
+        c
+    });
+    let ivmm_only = std::env::args().nth(2).as_deref() == Some("--ivmm-only");
+    if !ivmm_only
+        && Command::new("qemu-system-x86_64")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok()
     {
         measure("qemu-system-x86_64 -M microvm", runs, || {
             let mut c = Command::new("qemu-system-x86_64");
