@@ -18,6 +18,8 @@ step "guest fixtures (scripts/fetch-guest.sh)"
 scripts/fetch-guest.sh
 step "ivmm release binary (with the test-only hooks the hardening tests use)"
 cargo build --release -p vmm --features test-hooks
+step "fuzz targets still build (fuzz/ is a separate cargo project; fuzz/run.sh runs them)"
+cargo check --manifest-path fuzz/Cargo.toml --bins
 step "tests"
 # One test thread per binary is not needed: the lab serializes nested runs with a lock.
 cargo test --workspace --release "$@"
