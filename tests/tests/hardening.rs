@@ -223,8 +223,8 @@ const HOSTILE_OVERHEAD_MIB: u64 = 96;
 /// The hostile guest: 60 s of random register writes and garbage
 /// virtio queues from inside L2. ivmm must neither crash nor hang nor grow
 /// past a memory bound, and must end the VM in a documented way: the guest
-/// powers off when done (0), or, if the attack broke it, a kernel panic is
-/// reported (3), a vCPU failure is reported with registers (1), or SIGTERM
+/// powers off when done (0), or, if the attack broke it, a reboot (0, said
+/// on stderr) or a kernel panic is reported (3), a vCPU failure is reported with registers (1), or SIGTERM
 /// and the shutdown timeout stop it hard (4).
 #[test]
 fn hostile_guest_cannot_crash_hang_or_bloat_ivmm() {
