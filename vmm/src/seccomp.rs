@@ -105,12 +105,19 @@ thread_local! {
     static NAME: Cell<[u8; NAME_LEN]> = const { Cell::new([0; NAME_LEN]) };
 }
 
+/// What a call outside the allow-list does; `None`: no filters.
+fn mismatch_action(mode: SeccompMode) -> Option<SeccompAction> {
+    match mode {
+        SeccompMode::Off => None,
+        SeccompMode::Log => Some(SeccompAction::Log),
+        SeccompMode::Kill => Some(SeccompAction::Trap),
+    }
+}
+
 /// Installs `kind`'s filter on the calling thread (nothing in `Off` mode).
 pub fn install(kind: ThreadKind, mode: SeccompMode) -> Result<(), SeccompError> {
-    let mismatch = match mode {
-        SeccompMode::Off => return Ok(()),
-        SeccompMode::Log => SeccompAction::Log,
-        SeccompMode::Kill => SeccompAction::Trap,
+    let Some(mismatch) = mismatch_action(mode) else {
+        return Ok(());
     };
     if KIND.with(|k| k.get()) == Some(kind) {
         return Ok(()); // the VMM thread on a restart: already filtered
@@ -416,10 +423,8 @@ fn rules(kind: ThreadKind) -> BuildResult<Rules> {
 ///   heap is small (guest RAM is a separate mapping), so keeping freed
 ///   heap memory costs little.
 pub fn prepare_process(mode: SeccompMode) -> Result<(), SeccompError> {
-    let mismatch = match mode {
-        SeccompMode::Off => return Ok(()),
-        SeccompMode::Log => SeccompAction::Log,
-        SeccompMode::Kill => SeccompAction::Trap,
+    let Some(mismatch) = mismatch_action(mode) else {
+        return Ok(());
     };
     let programs = ALL_KINDS
         .iter()
