@@ -127,7 +127,12 @@ fn l2_fixture_boots_under_qemu_kvm_in_the_lab() {
         "console:\n{}\nL1 log:\n{}",
         out.console, out.l1_log
     );
-    let init_at = out.guest_init_at().expect("guest reached init");
+    let init_at = out.guest_init_at().unwrap_or_else(|| {
+        panic!(
+            "the guest never reached init under QEMU:\nconsole:\n{}\nL1 log:\n{}",
+            out.console, out.l1_log
+        )
+    });
     let cmd = out.guest_cmd_ok().expect("guest command result");
     let mut lines = cmd.lines();
     assert_eq!(lines.next(), Some("2"), "{cmd}");
