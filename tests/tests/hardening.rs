@@ -8,20 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use ivmm_tests::{GuestBoot, Lab, LabError, LabOutcome, Mode, RunOptions};
+mod common;
 
-fn lab() -> Lab {
-    Lab::with_mode(Mode::Nested)
-        .expect("nested lab prerequisites (run scripts/setup.sh and scripts/fetch-guest.sh)")
-}
+use ivmm_tests::{Lab, LabError, LabOutcome, RunOptions};
 
-fn ivmm_command(args: &[&str], cmd: &str) -> String {
-    GuestBoot::new()
-        .command(cmd)
-        .args(args)
-        .shell_command()
-        .expect("ivmm args")
-}
+use common::{ivmm_command, nested_lab as lab};
 
 /// A qcow2 image padded to a fixed container size (an L1 block device
 /// cannot grow), removed on drop.

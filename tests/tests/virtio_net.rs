@@ -6,22 +6,11 @@
 
 use std::time::Duration;
 
-use ivmm_tests::{GuestBoot, Lab, LabOutcome, Mode, RunOptions};
+mod common;
 
-fn lab() -> Lab {
-    Lab::with_mode(Mode::Nested)
-        .expect("nested lab prerequisites (run scripts/setup.sh and scripts/fetch-guest.sh)")
-}
+use ivmm_tests::{LabOutcome, RunOptions};
 
-/// `ivmm run ...` for a shell script, the guest running `cmd`; the harness
-/// brings the binary into L1 because the script names `{ivmm}`.
-fn ivmm_command(args: &[&str], cmd: &str) -> String {
-    GuestBoot::new()
-        .command(cmd)
-        .args(args)
-        .shell_command()
-        .expect("ivmm args")
-}
+use common::{ivmm_command, nested_lab as lab};
 
 /// The value after `KEY=` on the first console line that has it.
 fn value<'a>(out: &'a LabOutcome, key: &str) -> &'a str {
