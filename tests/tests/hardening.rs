@@ -55,6 +55,17 @@ impl Drop for Image {
     }
 }
 
+/// Runs an L1 script with `img` as `{disk0}`.
+fn run_with_disk(lab: &Lab, script: &str, img: &Image) -> LabOutcome {
+    lab.run_shell(
+        script,
+        RunOptions::new()
+            .disk(img.path())
+            .timeout(Duration::from_secs(400)),
+    )
+    .expect("lab run")
+}
+
 fn context(out: &LabOutcome) -> String {
     format!("console:\n{}\nL1 log:\n{}", out.console, out.l1_log)
 }
@@ -93,14 +104,7 @@ fn every_thread_is_filtered_while_the_guest_uses_disk_and_network() {
          kill -TERM $P; wait $P; echo IVMM-RC=$?\n\
          cat /tmp/g.log\n"
     );
-    let out = lab
-        .run_shell(
-            &script,
-            RunOptions::new()
-                .disk(img.path())
-                .timeout(Duration::from_secs(400)),
-        )
-        .expect("lab run");
+    let out = run_with_disk(&lab, &script, &img);
     let c = &out.console;
     assert!(c.contains("DISK-OK"), "{}", context(&out));
     assert!(
@@ -152,14 +156,7 @@ fn a_forbidden_call_in_a_device_thread_stops_ivmm_with_the_message() {
         "IVMM_TEST_SECCOMP_VIOLATION=block {blk}; echo BLOCK-RC=$?\n\
          IVMM_TEST_SECCOMP_VIOLATION=net {net}; echo NET-RC=$?\n"
     );
-    let out = lab
-        .run_shell(
-            &script,
-            RunOptions::new()
-                .disk(img.path())
-                .timeout(Duration::from_secs(400)),
-        )
-        .expect("lab run");
+    let out = run_with_disk(&lab, &script, &img);
     let c = &out.console;
     let hint = if c.contains("seccomp:") {
         ""
