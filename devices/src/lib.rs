@@ -6,8 +6,8 @@ pub mod block;
 pub mod bus;
 pub mod legacy;
 pub mod pci;
-#[cfg(test)]
-pub(crate) mod testing;
+#[cfg(any(test, feature = "test-doubles"))]
+pub mod testing;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};

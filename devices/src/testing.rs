@@ -1,4 +1,5 @@
-//! Test doubles shared by device unit tests.
+//! Test doubles shared by device unit tests and the fuzz targets (feature
+//! `test-doubles`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -70,7 +71,9 @@ impl crate::pci::msix::MsiVectors for RecordingMsi {
     }
 }
 
-/// A disk in host memory that records flushes and discards.
+/// A disk in host memory that records flushes. Panics on any request past
+/// its end or any write to a read-only disk: the device must have refused
+/// them, so such a request is a device bug even if nothing else breaks.
 #[derive(Debug)]
 pub struct MemDisk {
     pub bytes: Mutex<Vec<u8>>,
@@ -79,6 +82,7 @@ pub struct MemDisk {
 }
 
 impl MemDisk {
+    /// A disk of `size` bytes holding a recognisable pattern.
     pub fn new(size: usize, read_only: bool) -> Self {
         Self {
             bytes: Mutex::new((0..size).map(|i| (i % 251) as u8).collect()),
@@ -86,11 +90,29 @@ impl MemDisk {
             flushes: AtomicUsize::new(0),
         }
     }
+
+    fn bytes(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        self.bytes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The byte range of a request, which must lie inside a `len`-byte disk.
+    fn range(len: usize, offset: u64, total: u64, what: &str) -> std::ops::Range<usize> {
+        let end = offset.checked_add(total);
+        assert!(
+            matches!(end, Some(e) if e <= len as u64),
+            "device sent a {what} of {total} bytes at {offset} to a {len}-byte disk"
+        );
+        offset as usize..(offset + total) as usize
+    }
+}
+
+fn total_len(bufs: &[vm_memory::VolatileSlice<'_>]) -> u64 {
+    bufs.iter().map(|s| s.len() as u64).sum()
 }
 
 impl crate::block::DiskBackend for MemDisk {
     fn size(&self) -> u64 {
-        self.bytes.lock().unwrap().len() as u64
+        self.bytes().len() as u64
     }
     fn read_only(&self) -> bool {
         self.read_only
@@ -100,10 +122,8 @@ impl crate::block::DiskBackend for MemDisk {
         offset: u64,
         bufs: &[vm_memory::VolatileSlice<'_>],
     ) -> crate::block::Result<()> {
-        let b = self.bytes.lock().unwrap();
-        let mut at = offset as usize;
-        let total: usize = bufs.iter().map(|s| s.len()).sum();
-        assert!(at + total <= b.len(), "device read past the end");
+        let b = self.bytes();
+        let mut at = Self::range(b.len(), offset, total_len(bufs), "read").start;
         for s in bufs {
             s.copy_from(&b[at..at + s.len()]);
             at += s.len();
@@ -116,10 +136,9 @@ impl crate::block::DiskBackend for MemDisk {
         bufs: &[vm_memory::VolatileSlice<'_>],
     ) -> crate::block::Result<()> {
         assert!(!self.read_only, "device wrote a read-only disk");
-        let mut b = self.bytes.lock().unwrap();
-        let mut at = offset as usize;
+        let mut b = self.bytes();
+        let mut at = Self::range(b.len(), offset, total_len(bufs), "write").start;
         for s in bufs {
-            assert!(at + s.len() <= b.len(), "device wrote past the end");
             s.copy_to(&mut b[at..at + s.len()]);
             at += s.len();
         }
@@ -133,8 +152,10 @@ impl crate::block::DiskBackend for MemDisk {
         self.write_zeroes(offset, len)
     }
     fn write_zeroes(&self, offset: u64, len: u64) -> crate::block::Result<()> {
-        let mut b = self.bytes.lock().unwrap();
-        b[offset as usize..(offset + len) as usize].fill(0);
+        assert!(!self.read_only, "device zeroed a read-only disk");
+        let mut b = self.bytes();
+        let r = Self::range(b.len(), offset, len, "write-zeroes");
+        b[r].fill(0);
         Ok(())
     }
 }

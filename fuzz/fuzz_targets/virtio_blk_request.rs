@@ -15,9 +15,9 @@
 use std::sync::Arc;
 
 use devices::block::{DiskBackend, RawDisk};
+use devices::testing::MemDisk;
 use devices::virtio::blk::process_queue;
 use devices::virtio::blk::request::{DiskLimits, VIRTIO_BLK_ID_BYTES};
-use ivmm_fuzz::doubles::MemDisk;
 use ivmm_fuzz::ring::{Driver, Op, QueueSetup};
 use ivmm_fuzz::Input;
 use libfuzzer_sys::fuzz_target;

@@ -16,11 +16,12 @@
 use std::sync::{Arc, Mutex};
 
 use devices::pci::{PciBus, PciConfigIo, PciConfigMmio, PciDevice};
+use devices::testing::MemDisk;
 use devices::virtio::blk::{Block, BlockOptions};
 use devices::virtio::VirtioPciDevice;
 use devices::BusDevice;
 use ivmm_fuzz::access::PciOp;
-use ivmm_fuzz::doubles::{CheckedMsi, CountingIrq, MemDisk};
+use ivmm_fuzz::doubles::{CheckedMsi, CountingIrq};
 use ivmm_fuzz::{ring, Input};
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{Bytes, GuestAddress};

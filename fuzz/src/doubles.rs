@@ -1,94 +1,19 @@
-//! Backends and interrupt sinks for the device models. They double as
-//! oracles: a device that asks a disk for bytes past its end, or sends a
-//! frame no guest can legally build, is a bug even if nothing crashes.
+//! Network backend and interrupt sinks for the device models (the disk is
+//! `devices::testing::MemDisk`). They double as oracles: a device that
+//! sends a frame no guest can legally build is a bug even if nothing
+//! crashes.
 
 use std::collections::VecDeque;
 use std::io::ErrorKind;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use devices::block::DiskBackend;
 use devices::pci::msix::{MsiMessage, MsiVectors};
 use devices::virtio::net::{NetBackend, MAX_FRAME_LEN, NET_HDR_LEN};
 use devices::Interrupt;
-use vm_memory::VolatileSlice;
-
-/// A disk in host memory. Panics on requests past its end: the device
-/// must have refused them.
-#[derive(Debug)]
-pub struct MemDisk {
-    bytes: Mutex<Vec<u8>>,
-    read_only: bool,
-}
-
-impl MemDisk {
-    pub fn new(size: usize, read_only: bool) -> Self {
-        Self {
-            bytes: Mutex::new(vec![0; size]),
-            read_only,
-        }
-    }
-
-    fn range(&self, len: usize, offset: u64, total: u64, what: &str) -> std::ops::Range<usize> {
-        let end = offset.checked_add(total);
-        assert!(
-            matches!(end, Some(e) if e <= len as u64),
-            "device sent a {what} of {total} bytes at {offset} to a {len}-byte disk"
-        );
-        offset as usize..(offset + total) as usize
-    }
-}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl DiskBackend for MemDisk {
-    fn size(&self) -> u64 {
-        lock(&self.bytes).len() as u64
-    }
-    fn read_only(&self) -> bool {
-        self.read_only
-    }
-    fn read_vectored(&self, offset: u64, bufs: &[VolatileSlice<'_>]) -> devices::block::Result<()> {
-        let b = lock(&self.bytes);
-        let total: u64 = bufs.iter().map(|s| s.len() as u64).sum();
-        let mut at = self.range(b.len(), offset, total, "read").start;
-        for s in bufs {
-            s.copy_from(&b[at..at + s.len()]);
-            at += s.len();
-        }
-        Ok(())
-    }
-    fn write_vectored(
-        &self,
-        offset: u64,
-        bufs: &[VolatileSlice<'_>],
-    ) -> devices::block::Result<()> {
-        assert!(!self.read_only, "device wrote a read-only disk");
-        let mut b = lock(&self.bytes);
-        let total: u64 = bufs.iter().map(|s| s.len() as u64).sum();
-        let len = b.len();
-        let mut at = self.range(len, offset, total, "write").start;
-        for s in bufs {
-            s.copy_to(&mut b[at..at + s.len()]);
-            at += s.len();
-        }
-        Ok(())
-    }
-    fn flush(&self) -> devices::block::Result<()> {
-        Ok(())
-    }
-    fn discard(&self, offset: u64, len: u64) -> devices::block::Result<()> {
-        self.write_zeroes(offset, len)
-    }
-    fn write_zeroes(&self, offset: u64, len: u64) -> devices::block::Result<()> {
-        assert!(!self.read_only, "device zeroed a read-only disk");
-        let mut b = lock(&self.bytes);
-        let r = self.range(b.len(), offset, len, "write-zeroes");
-        b[r].fill(0);
-        Ok(())
-    }
 }
 
 /// Counts pulses of an interrupt line.
