@@ -28,20 +28,12 @@ impl FilteredSpawner {
     /// Starts the spawner thread, which installs its own filter first.
     pub fn start(mode: SeccompMode) -> io::Result<FilteredSpawner> {
         let (tx, rx) = mpsc::channel::<Request>();
-        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
-        let thread = std::thread::Builder::new()
-            .name("ivmm-spawner".into())
-            .spawn(move || {
-                let installed = seccomp::install(ThreadKind::Spawner, mode);
-                let ok = installed.is_ok();
-                let _ = ready_tx.send(installed.map_err(io::Error::other));
-                if ok {
-                    serve(rx, mode);
-                }
-            })?;
-        ready_rx
-            .recv()
-            .map_err(|_| io::Error::other("the spawner thread died while starting"))??;
+        let thread = spawn_filtered(
+            "ivmm-spawner".into(),
+            ThreadKind::Spawner,
+            mode,
+            move || serve(rx, mode),
+        )?;
         Ok(FilteredSpawner {
             requests: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
@@ -51,31 +43,32 @@ impl FilteredSpawner {
 
 fn serve(requests: mpsc::Receiver<Request>, mode: SeccompMode) {
     for req in requests {
-        let _ = req
-            .reply
-            .send(start_worker(req.name, req.kind, req.work, mode));
+        let kind = match req.kind {
+            WorkerKind::Block => ThreadKind::Block,
+            WorkerKind::Net => ThreadKind::Net,
+        };
+        let started = spawn_filtered(req.name, kind, mode, req.work);
+        let _ = req.reply.send(started);
     }
 }
 
-/// Starts one worker and waits until its filter is in place; a worker
-/// whose filter fails never runs its work.
-fn start_worker(
+/// Starts a thread that installs `kind`'s filter and then runs `body`;
+/// returns once the filter is in place. A thread whose filter fails never
+/// runs its body, and the failure is returned.
+fn spawn_filtered(
     name: String,
-    kind: WorkerKind,
-    work: Work,
+    kind: ThreadKind,
     mode: SeccompMode,
+    body: impl FnOnce() + Send + 'static,
 ) -> io::Result<JoinHandle<()>> {
-    let thread_kind = match kind {
-        WorkerKind::Block => ThreadKind::Block,
-        WorkerKind::Net => ThreadKind::Net,
-    };
     let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+    let what = name.clone();
     let handle = std::thread::Builder::new().name(name).spawn(move || {
-        let installed = seccomp::install(thread_kind, mode);
+        let installed = seccomp::install(kind, mode);
         let ok = installed.is_ok();
         let _ = ready_tx.send(installed);
         if ok {
-            work();
+            body();
         }
     })?;
     match ready_rx.recv() {
@@ -86,7 +79,9 @@ fn start_worker(
         }
         Err(_) => {
             let _ = handle.join();
-            Err(io::Error::other("a worker thread died while starting"))
+            Err(io::Error::other(format!(
+                "thread {what} died while starting"
+            )))
         }
     }
 }
