@@ -46,8 +46,13 @@ fn ivmm_temp_files(tmp: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The two tests count descriptors; the restart test's sampling opens
+/// /proc directories in this process, so they must not overlap.
+static COUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn repeated_boots_in_one_process_leave_no_fd_or_thread() {
+    let _alone = COUNTING.lock().unwrap_or_else(|p| p.into_inner());
     let dir = scratch("inproc");
     let kernel = dir.join("tiny.elf");
     std::fs::write(&kernel, common::tiny_guest::pvh_elf(b'x')).expect("kernel");
@@ -93,6 +98,7 @@ fn repeated_boots_in_one_process_leave_no_fd_or_thread() {
 
 #[test]
 fn restarts_of_one_ivmm_keep_fds_and_threads_flat_and_exit_removes_overlays() {
+    let _alone = COUNTING.lock().unwrap_or_else(|p| p.into_inner());
     let dir = scratch("restart");
     let kernel = dir.join("tiny.elf");
     std::fs::write(&kernel, common::tiny_guest::pvh_elf(b'r')).expect("kernel");
