@@ -9,6 +9,7 @@ pub mod event_loop;
 pub mod img;
 pub mod interrupts;
 pub mod logger;
+pub mod nat;
 pub mod pci_devices;
 pub mod run;
 pub mod seccomp;

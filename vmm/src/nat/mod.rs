@@ -1,0 +1,3 @@
+//! `--net nat`: the services each ivmm process runs on its NAT network's gateway address.
+
+pub mod leases;
