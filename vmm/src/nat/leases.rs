@@ -133,9 +133,10 @@ impl Leases {
             }
             match state {
                 Some(state) => {
-                    if !leases.by_mac.contains_key(&mac) {
-                        leases.by_mac.insert(mac, Lease { ip, expiry, state });
-                    }
+                    leases
+                        .by_mac
+                        .entry(mac)
+                        .or_insert(Lease { ip, expiry, state });
                 }
                 None => {
                     leases.declined.insert(ip, expiry);
