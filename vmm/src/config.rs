@@ -163,9 +163,14 @@ impl DiskConfig {
 /// One `--net`: a virtio-net NIC on a host TAP device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetConfig {
-    /// TAP interface name.
+    /// TAP interface name (for `nat`, one ivmm makes: `ivmm<pid>n<index>`).
     pub tap: String,
     pub mac: [u8; 6],
+    /// `nat`: the TAP joins ivmm's NAT network on this subnet (`None`: the
+    /// default choice).
+    pub nat: Option<Option<crate::nat::Ipv4Net>>,
+    /// For `nat`: the bridge the TAP joins, once the network is joined.
+    pub bridge: Option<String>,
 }
 
 impl NetConfig {
@@ -177,16 +182,16 @@ impl NetConfig {
         };
         let mut parts = arg.split(',');
         let first = parts.next().unwrap_or_default();
-        let tap = match first.split_once('=') {
-            Some(("tap", name)) => name,
-            _ if first == "nat" || first.starts_with("nat=") || first.starts_with("user") => {
+        let (tap, mut nat) = match first.split_once('=') {
+            Some(("tap", name)) => (name, None),
+            _ if first == "nat" => ("", Some(None)),
+            _ => {
                 return Err(bad(
-                    "NAT networking is not implemented yet; use tap=NAME".into()
+                    "expected nat[,subnet=CIDR][,mac=…] or tap=NAME[,mac=52:54:00:xx:xx:xx]".into(),
                 ))
             }
-            _ => return Err(bad("expected tap=NAME[,mac=52:54:00:xx:xx:xx]".into())),
         };
-        if !devices::virtio::net::tap::valid_name(tap) {
+        if nat.is_none() && !devices::virtio::net::tap::valid_name(tap) {
             return Err(bad(format!(
                 "tap={tap}: an interface name is 1 to 15 characters without '/', ':' or spaces"
             )));
@@ -215,12 +220,24 @@ impl NetConfig {
                     }
                     mac = Some(m);
                 }
+                "subnet" if nat.is_some() => {
+                    let net = value
+                        .parse::<crate::nat::Ipv4Net>()
+                        .map_err(|why| bad(format!("subnet={value}: {why}")))?;
+                    nat = Some(Some(net));
+                }
+                _ if nat.is_some() => {
+                    return Err(bad(format!("unknown option {key:?} (subnet, mac)")))
+                }
                 _ => return Err(bad(format!("unknown option {key:?} (mac)"))),
             }
         }
         Ok(NetConfig {
             tap: tap.to_owned(),
-            mac: mac.unwrap_or_else(|| default_mac(tap)),
+            // For `nat`, all-zero until VmConfig picks one (it knows the index).
+            mac: mac.unwrap_or_else(|| if nat.is_some() { [0; 6] } else { default_mac(tap) }),
+            nat,
+            bridge: None,
         })
     }
 }
@@ -386,7 +403,7 @@ impl TryFrom<&RunArgs> for VmConfig {
                 });
             }
         }
-        let config = VmConfig {
+        let mut config = VmConfig {
             kernel: args.kernel.clone(),
             initrd: args.initrd.clone(),
             cmdline: args.cmdline.clone(),
@@ -411,12 +428,41 @@ impl TryFrom<&RunArgs> for VmConfig {
                 .collect::<Result<_, _>>()?,
             seccomp: args.seccomp,
         };
+        config.name_nat_nics();
         config.validate(&args.mem)?;
         Ok(config)
     }
 }
 
 impl VmConfig {
+    /// Names the TAPs of `nat` NICs (`ivmm<pid>n<index>`: unique on the
+    /// host while this process runs) and gives those without `mac=` a MAC
+    /// derived from the first disk's path and the NIC's index: stable
+    /// across runs of the same image (its DHCP lease too), and different
+    /// for two ivmm on one network, which cannot share a writable disk.
+    /// Without a disk the process id takes the path's place.
+    fn name_nat_nics(&mut self) {
+        let identity = self
+            .disks
+            .first()
+            .map(|d| {
+                std::fs::canonicalize(&d.path)
+                    .unwrap_or_else(|_| d.path.clone())
+                    .display()
+                    .to_string()
+            })
+            .unwrap_or_else(|| format!("pid {}", std::process::id()));
+        for (index, net) in self.nets.iter_mut().enumerate() {
+            if net.nat.is_none() {
+                continue;
+            }
+            net.tap = format!("ivmm{}n{index}", std::process::id());
+            if net.mac == [0; 6] {
+                net.mac = default_mac(&format!("nat {index} {identity}"));
+            }
+        }
+    }
+
     /// Cross-field and host checks that need no KVM.
     fn validate(&self, mem_arg: &str) -> Result<(), ConfigError> {
         if self.mem_bytes < MIN_MEM_BYTES {
@@ -453,6 +499,15 @@ impl VmConfig {
                 return Err(ConfigError::BadNet {
                     arg: format!("tap={}", n.tap),
                     why: format!("another --net uses the same {what}"),
+                });
+            }
+        }
+        let mut subnets = self.nets.iter().filter_map(|n| n.nat);
+        if let Some(first) = subnets.next() {
+            if subnets.any(|s| s != first) {
+                return Err(ConfigError::BadNet {
+                    arg: "nat".into(),
+                    why: "all nat NICs of one ivmm must be on the same subnet".into(),
                 });
             }
         }
@@ -648,7 +703,8 @@ mod tests {
     fn bad_net_options_name_the_argument() {
         for (arg, needle) in [
             ("", "expected tap=NAME"),
-            ("nat", "not implemented yet"),
+            ("nat,subnet=10.0.2.1/24", "host bits"),
+            ("nat,tap=x", "unknown option"),
             ("tap0", "expected tap=NAME"),
             ("tap=", "tap="),
             ("tap=a/b", "tap=a/b"),

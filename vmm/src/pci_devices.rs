@@ -41,6 +41,8 @@ pub enum PciDevicesError {
         #[source]
         source: TapError,
     },
+    #[error(transparent)]
+    Nat(#[from] crate::nat::network::NatError),
     #[error("too many PCI devices: bus 0 has {DEVICES_PER_BUS} slots")]
     NoSlot,
     #[error("no room for a BAR in the 64-bit PCI window: {0}")]
@@ -125,6 +127,10 @@ pub fn add_nets(ctx: &mut PciContext<'_>, config: &VmConfig) -> Result<(), PciDe
             tap: net.tap.clone(),
             source,
         })?;
+        // A NAT NIC's TAP is new (the process made it): put it on the bridge.
+        if let Some(bridge) = &net.bridge {
+            crate::nat::network::attach(bridge, &net.tap)?;
+        }
         let device = Net::new(
             Arc::new(tap),
             NetOptions {

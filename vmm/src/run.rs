@@ -33,6 +33,9 @@ pub fn main(args: RunArgs) -> anyhow::Result<i32> {
     if config.seccomp == crate::seccomp::SeccompMode::Kill {
         crate::seccomp::install_sigsys_handler()?;
     }
+    // The NAT network (if any) is left when `_nat` drops, after the VM.
+    let mut config = config;
+    let _nat = crate::nat::join(&mut config)?;
     crate::vcpu::install_kick_handler()
         .map_err(|e| anyhow::anyhow!("cannot install the vCPU kick handler: {e}"))?;
     let terminal = if config.serial == SerialMode::Stdio {

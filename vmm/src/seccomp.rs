@@ -43,14 +43,16 @@ pub enum ThreadKind {
     Spawner,
     Block,
     Net,
+    Nat,
 }
 
-const ALL_KINDS: [ThreadKind; 5] = [
+const ALL_KINDS: [ThreadKind; 6] = [
     ThreadKind::Vmm,
     ThreadKind::Vcpu,
     ThreadKind::Spawner,
     ThreadKind::Block,
     ThreadKind::Net,
+    ThreadKind::Nat,
 ];
 
 /// Every kind's program, compiled once on the main thread by
@@ -67,6 +69,7 @@ impl ThreadKind {
             ThreadKind::Spawner => "spawner",
             ThreadKind::Block => "block I/O",
             ThreadKind::Net => "net I/O",
+            ThreadKind::Nat => "NAT DHCP/DNS",
         }
     }
 }
@@ -265,6 +268,43 @@ const BLOCK: &[i64] = &[
 /// TAP I/O.
 const NET: &[i64] = &[libc::SYS_readv];
 
+/// The NAT network's DHCP/DNS thread: datagrams on its sockets, and the
+/// lease file shared with other ivmm processes (opened, locked, rewritten
+/// per change).
+const NAT: &[i64] = &[
+    libc::SYS_sendto,
+    libc::SYS_recvfrom,
+    libc::SYS_openat,
+    libc::SYS_fcntl,
+    libc::SYS_flock,
+    libc::SYS_ftruncate,
+    libc::SYS_lseek,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+];
+
+/// Route and nf_tables netlink on the VMM thread: a NAT NIC's TAP joins
+/// the bridge at every (re)build, and the last user removes the network
+/// at exit. `socket` itself is allowed for AF_NETLINK only.
+const NETLINK: &[i64] = &[
+    libc::SYS_bind,
+    libc::SYS_connect,
+    libc::SYS_getsockname,
+    libc::SYS_setsockopt,
+    libc::SYS_sendto,
+    libc::SYS_recvfrom,
+    libc::SYS_sendmsg,
+    libc::SYS_recvmsg,
+    libc::SYS_mkdir,
+    libc::SYS_mkdirat,
+    libc::SYS_rmdir,
+];
+
 /// The VMM thread on top of everything it starts: opening and creating
 /// files (kernel, disks, overlays, TAP), KVM set-up, the event loop's
 /// signalfd and timers, signals to vCPUs, temporary files.
@@ -397,7 +437,8 @@ fn rules(kind: ThreadKind) -> BuildResult<Rules> {
         ThreadKind::Block => lists.extend([EPOLL, BLOCK]),
         ThreadKind::Net => lists.extend([EPOLL, NET]),
         ThreadKind::Spawner => lists.extend([THREAD_START, EPOLL, BLOCK, NET]),
-        ThreadKind::Vmm => lists.extend([THREAD_START, VCPU, EPOLL, BLOCK, NET, VMM]),
+        ThreadKind::Vmm => lists.extend([THREAD_START, VCPU, EPOLL, BLOCK, NET, NETLINK, VMM]),
+        ThreadKind::Nat => lists.extend([EPOLL, NAT]),
     }
     let mut rules: Rules = lists
         .into_iter()
@@ -405,6 +446,17 @@ fn rules(kind: ThreadKind) -> BuildResult<Rules> {
         .map(|&nr| (nr, Vec::new()))
         .collect();
     rules.insert(libc::SYS_ioctl, ioctl_rules(kind)?);
+    if kind == ThreadKind::Vmm {
+        rules.insert(
+            libc::SYS_socket,
+            vec![SeccompRule::new(vec![SeccompCondition::new(
+                0,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                libc::AF_NETLINK as u64,
+            )?])?],
+        );
+    }
     if matches!(kind, ThreadKind::Spawner | ThreadKind::Vmm) {
         rules.insert(libc::SYS_prctl, prctl_rules()?);
     }
