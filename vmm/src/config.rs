@@ -235,7 +235,13 @@ impl NetConfig {
         Ok(NetConfig {
             tap: tap.to_owned(),
             // For `nat`, all-zero until VmConfig picks one (it knows the index).
-            mac: mac.unwrap_or_else(|| if nat.is_some() { [0; 6] } else { default_mac(tap) }),
+            mac: mac.unwrap_or_else(|| {
+                if nat.is_some() {
+                    [0; 6]
+                } else {
+                    default_mac(tap)
+                }
+            }),
             nat,
             bridge: None,
         })
