@@ -32,9 +32,10 @@ L2_MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virti
 # Modules shipped in the L2 initramfs but not loaded: `modprobe NAME` in a guest command.
 L2_EXTRA_MODULES=('?ext4' '?vsock' '?vmw_vsock_virtio_transport')
 # Modules L1 loads: KVM (order from shared/LAB.md), virtio disks for extra lab disks, and
-# networking pieces for network tests inside L1.
+# networking pieces for network tests inside L1 (TAP, veth, bridge, nftables masquerade).
 L1_MODULES=(irqbypass kvm kvm-amd virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev
-	virtio_pci virtio_blk '?tun' '?veth' '?bridge')
+	virtio_pci virtio_blk '?tun' '?veth' '?bridge'
+	'?nf_tables' '?nft_chain_nat' '?nft_masq')
 
 log() { printf 'fetch-guest.sh: %s\n' "$*" >&2; }
 die() {
