@@ -71,11 +71,15 @@ pub struct RunArgs {
     #[arg(long, value_name = "SPEC")]
     pub disk: Vec<String>,
 
-    /// A virtio-net NIC on a host TAP device: `tap=NAME[,mac=52:54:00:xx:xx:xx]`.
-    /// Repeatable; NICs appear in order as eth0, eth1, ... The TAP is created
-    /// if it does not exist (both need CAP_NET_ADMIN, unless NAME is a
-    /// persistent TAP owned by this user). The default MAC is 52:54:00 plus
-    /// three bytes derived from NAME, the same on every run.
+    /// A virtio-net NIC: `nat[,subnet=CIDR][,mac=…]` or
+    /// `tap=NAME[,mac=52:54:00:xx:xx:xx]`. Repeatable; NICs appear in order as
+    /// eth0, eth1, ... `nat`: ivmm's NAT network (a bridge shared by every
+    /// ivmm on the subnet, masquerading, DHCP and a DNS forwarder on the
+    /// gateway; default subnet 10.0.2.0/24, gateway 10.0.2.1; needs
+    /// CAP_NET_ADMIN). `tap=`: an existing TAP, or one created for this run
+    /// (CAP_NET_ADMIN unless NAME is a persistent TAP owned by this user).
+    /// Default MACs are 52:54:00 plus three bytes derived from NAME (tap) or
+    /// the first disk's path (nat), the same on every run.
     #[arg(long, value_name = "SPEC")]
     pub net: Vec<String>,
 

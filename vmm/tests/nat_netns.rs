@@ -258,6 +258,8 @@ echo USERS-AFTER-SWEEP=$(ls /run/ivmm/nat/ivmm-0a000200/users)
 echo E-PID=$E
 kill -TERM $E; wait $E
 echo AFTER-ALL=$(ls /sys/class/net | grep -c '^ivmm') $(ls /run/ivmm/nat | grep -c '^ivmm-')
+# The tables went too: creating one again (NLM_F_EXCL) would fail otherwise.
+start_ivmm 52:54:00:aa:bb:06; echo AGAIN-ON=$(attached $P); kill -TERM $P; wait $P
 cat "$D/ivmm.err"
 "#
     );
@@ -279,6 +281,7 @@ cat "$D/ivmm.err"
         "{out}"
     );
     assert_eq!(value(&out, "AFTER-ALL="), "0 0", "{out}");
+    assert_eq!(value(&out, "AGAIN-ON="), "ivmm-0a000200", "{out}");
 }
 
 #[test]
