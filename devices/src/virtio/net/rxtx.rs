@@ -14,6 +14,7 @@
 
 use std::io::ErrorKind;
 use std::ops::Deref;
+use std::sync::atomic::Ordering;
 
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
@@ -214,7 +215,7 @@ impl Rx {
             };
             self.pending = Some(len);
             let mut outcome = deliver(queue, mem, &mut self.buf[..len], self.mergeable)?;
-            if outcome == Delivery::NoBuffers && queue.enable_notification(mem)? {
+            if outcome == Delivery::NoBuffers && arm_kick(queue, mem)? {
                 // Buffers arrived while notifications were off.
                 outcome = deliver(queue, mem, &mut self.buf[..len], self.mergeable)?;
             }
@@ -240,6 +241,21 @@ impl Rx {
             backend_failed,
         })
     }
+}
+
+/// Asks the driver to kick the receive queue when it adds its next buffer;
+/// true if buffers arrived meanwhile. With EVENT_IDX the event index must
+/// be the driver's current avail index, not our next one: a large frame
+/// may wait while some buffers are already posted (mergeable receive), and
+/// an event index behind those would never be crossed, so the driver would
+/// never kick and receive would stall for good.
+fn arm_kick(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, virtio_queue::Error> {
+    let ours = queue.next_avail();
+    let theirs = queue.avail_idx(mem, Ordering::Acquire)?;
+    queue.set_next_avail(theirs.0);
+    let arrived = queue.enable_notification(mem);
+    queue.set_next_avail(ours);
+    arrived
 }
 
 /// Writes one frame (header first) into as many receive chains as it needs

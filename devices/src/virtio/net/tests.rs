@@ -313,6 +313,36 @@ fn receive_with_mergeable_buffers_spreads_a_frame_and_counts_them() {
     assert_eq!(bytes(&r.mem, BUF + 0x4000, 22), with_num_buffers(small, 1));
 }
 
+/// A frame that needs more mergeable buffers than are posted waits; the
+/// driver must then be asked to kick at its *current* avail index. An
+/// event index left at our position (behind the posted buffers) is never
+/// crossed again, and receive stalled for good (seen with iperf3 -R).
+#[test]
+fn a_frame_waiting_for_more_buffers_asks_for_a_kick_at_the_drivers_index() {
+    use virtio_queue::QueueT;
+    let mut r = RxRig::new(true);
+    let mem = r.mem.clone();
+    let vq = MockSplitQueue::create(&mem, GuestAddress(RXQ), QSIZE);
+    vq.add_desc_chains(
+        &singles(&[(BUF, 1500, true), (BUF + 0x1000, 1500, true)]),
+        0,
+    )
+    .unwrap();
+    let mut q: Queue = vq.create_queue().unwrap();
+    q.set_event_idx(true);
+    r.send(&frame(4000, 3));
+    let res = r.process(&mut q);
+    assert!(res.starved && !res.notify, "{res:?}");
+    assert!(used(&r.mem, &vq).is_empty(), "nothing consumed");
+    assert_eq!(q.next_avail(), 0, "our position stays at the waiting frame");
+    let avail_event_at = vq.used_addr().unchecked_add(4 + 8 * u64::from(QSIZE));
+    let avail_event: u16 = r.mem.read_obj(avail_event_at).unwrap();
+    assert_eq!(
+        avail_event, 2,
+        "kick when the driver adds buffer #2 (its next)"
+    );
+}
+
 #[test]
 fn a_maximal_frame_fits_mergeable_pages() {
     let mut r = RxRig::new(true);
