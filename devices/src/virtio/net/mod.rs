@@ -67,6 +67,22 @@ pub trait NetBackend: Send + Sync {
     fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize>;
     /// Writes one frame.
     fn send(&self, frame: &[u8]) -> std::io::Result<usize>;
+    /// Writes one frame given as slices of guest memory, in order. This
+    /// default copies them into `scratch` and calls [`Self::send`]; the TAP
+    /// writes them directly with `writev` (no copy through ivmm).
+    fn send_slices(
+        &self,
+        slices: &[vm_memory::VolatileSlice<'_>],
+        scratch: &mut Vec<u8>,
+    ) -> std::io::Result<usize> {
+        scratch.clear();
+        for s in slices {
+            let at = scratch.len();
+            scratch.resize(at + s.len(), 0);
+            s.copy_to(&mut scratch[at..]);
+        }
+        self.send(scratch)
+    }
     /// Which offloads (TUN_F_* bits) frames given to [`Self::recv`] may use.
     fn set_offload(&self, flags: u32) -> std::io::Result<()>;
     /// Polls readable when [`Self::recv`] has a frame.

@@ -17,7 +17,7 @@ use std::ops::Deref;
 use std::sync::atomic::Ordering;
 
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 
 use super::{NetBackend, MAX_FRAME_LEN, NET_HDR_LEN};
 
@@ -92,11 +92,12 @@ pub fn process_tx(
         queue.disable_notification(mem)?;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
-            match gather(chain, mem, buf) {
-                Ok(()) => match backend.send(buf) {
-                    Ok(_) => {}
-                    Err(e) => log::debug!("virtio-net: transmit dropped: {e}"),
-                },
+            match frame_slices(chain, mem) {
+                Ok(slices) => {
+                    if let Err(e) = backend.send_slices(&slices, buf) {
+                        log::debug!("virtio-net: transmit dropped: {e}");
+                    }
+                }
                 Err(why) => log::debug!("virtio-net: bad transmit chain: {why}"),
             }
             // The device writes nothing into transmit buffers.
@@ -110,30 +111,27 @@ pub fn process_tx(
     Ok(used_any && queue.needs_notification(mem)?)
 }
 
-/// Copies a transmit chain into `buf` (cleared first).
-fn gather<M>(
+/// A transmit chain's buffers as guest-memory slices (a buffer that
+/// crosses a memory-region boundary gives several).
+fn frame_slices<M>(
     chain: DescriptorChain<M>,
     mem: &GuestMemoryMmap,
-    buf: &mut Vec<u8>,
-) -> Result<(), &'static str>
+) -> Result<Vec<VolatileSlice<'_>>, &'static str>
 where
     M: Deref,
     M::Target: vm_memory::GuestMemory,
 {
-    buf.clear();
     let (segs, total) = segments(chain, mem, false)?;
     if total < NET_HDR_LEN {
         return Err("transmit chain shorter than the virtio-net header");
     }
-    buf.resize(total, 0);
-    let mut at = 0usize;
+    let mut slices = Vec::with_capacity(segs.len());
     for (addr, len) in segs {
-        let end = at + len as usize;
-        mem.read_slice(&mut buf[at..end], addr)
-            .map_err(|_| "transmit buffer unreadable")?;
-        at = end;
+        for slice in GuestMemoryBackend::get_slices(mem, addr, len as usize) {
+            slices.push(slice.map_err(|_| "transmit buffer unreadable")?);
+        }
     }
-    Ok(())
+    Ok(slices)
 }
 
 /// What happened to one received frame.

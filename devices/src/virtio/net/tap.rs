@@ -146,6 +146,43 @@ impl NetBackend for Tap {
         (&self.file).write(frame)
     }
 
+    fn send_slices(
+        &self,
+        slices: &[vm_memory::VolatileSlice<'_>],
+        scratch: &mut Vec<u8>,
+    ) -> std::io::Result<usize> {
+        // writev takes at most IOV_MAX (1024) pieces; drivers never send
+        // that many, a hostile one gets the copying path.
+        if slices.len() > 1024 {
+            scratch.clear();
+            for s in slices {
+                let at = scratch.len();
+                scratch.resize(at + s.len(), 0);
+                s.copy_to(&mut scratch[at..]);
+            }
+            return self.send(scratch);
+        }
+        // The guards keep the pointers valid until writev returns.
+        let guards: Vec<_> = slices.iter().map(|s| s.ptr_guard()).collect();
+        let iov: Vec<libc::iovec> = guards
+            .iter()
+            .zip(slices)
+            .map(|(g, s)| libc::iovec {
+                iov_base: g.as_ptr() as *mut libc::c_void,
+                iov_len: s.len(),
+            })
+            .collect();
+        let count = libc::c_int::try_from(iov.len())
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: each iovec points into guest memory that the slices (and
+        // their guards) keep mapped for this call; writev only reads them.
+        let n = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), count) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
     fn set_offload(&self, flags: u32) -> std::io::Result<()> {
         // SAFETY: TUNSETOFFLOAD takes its argument by value (no pointer);
         // the fd is an open TAP.
