@@ -1,0 +1,232 @@
+//! virtio-net throughput and latency, ivmm vs QEMU (`-accel kvm -M pc`, virtio-net-pci on a
+//! TAP, no vhost), the same stock Debian guest in the same L1 (nested lab on kvm_pvm hosts,
+//! directly on hardware-KVM hosts). The guest runs iperf3 (from the host's iperf3 package,
+//! carried on a read-only ext4 disk with its libraries) against an iperf3 server in L1 on the
+//! TAP's address: guest→host (TX), host→guest (`-R`, RX), and ping RTT (20 pings). VMMs
+//! alternate, one after the other, in one L1 run. Everything in the nested lab is emulated:
+//! the ratio is the result, not the absolute numbers.
+//!
+//! Usage: `cargo run --release -p ivmm-benches --bin lab_net [-- ROUNDS [SECONDS]]`
+//! Needs `iperf3` installed on the host (`apt-get install iperf3`) and `mkfs.ext4`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use ivmm_tests::{GuestBoot, Lab, Mode, RunOptions};
+
+const IPERF3: &str = "/usr/bin/iperf3";
+
+fn fail(msg: &str) -> ! {
+    eprintln!("lab_net: {msg}");
+    std::process::exit(1);
+}
+
+/// A raw ext4 image holding iperf3, its shared libraries and the loader at its root.
+fn iperf_disk(dir: &Path) -> PathBuf {
+    let root = dir.join("root");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("lib")).unwrap_or_else(|e| fail(&format!("mkdir: {e}")));
+    if !Path::new(IPERF3).is_file() {
+        fail("no /usr/bin/iperf3 on the host: apt-get install iperf3");
+    }
+    std::fs::copy(IPERF3, root.join("iperf3")).unwrap_or_else(|e| fail(&format!("copy: {e}")));
+    let ldd = Command::new("ldd")
+        .arg(IPERF3)
+        .output()
+        .unwrap_or_else(|e| fail(&format!("ldd: {e}")));
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let path = line
+            .split_whitespace()
+            .find(|w| w.starts_with('/'))
+            .map(PathBuf::from);
+        if let Some(p) = path {
+            let name = p.file_name().unwrap_or_default().to_owned();
+            std::fs::copy(&p, root.join("lib").join(&name))
+                .unwrap_or_else(|e| fail(&format!("copy {}: {e}", p.display())));
+        }
+    }
+    let image = dir.join("iperf.ext4");
+    let _ = std::fs::remove_file(&image);
+    let status = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&root)
+        .arg(&image)
+        .arg("32M")
+        .status()
+        .unwrap_or_else(|e| fail(&format!("mkfs.ext4: {e}")));
+    if !status.success() {
+        fail("mkfs.ext4 failed");
+    }
+    image
+}
+
+/// Guest: mount the iperf3 disk, configure eth0, measure; lines start with `NET-`.
+fn guest_command(seconds: u32) -> String {
+    format!(
+        "mkdir -p /mnt; mount -o ro /dev/vda /mnt || exit 9
+I='/mnt/lib/ld-linux-x86-64.so.2 --library-path /mnt/lib /mnt/iperf3'
+ip link set eth0 up; ip addr add 10.0.2.15/24 dev eth0
+i=0; until ping -c 1 -W 1 10.0.2.1 >/dev/null 2>&1; do i=$((i+1)); [ $i -gt 60 ] && break; done
+echo NET-RTT $(ping -c 20 -i 0.2 10.0.2.1 | tail -n 1)
+$I -c 10.0.2.1 -t {seconds} -f m | grep receiver | sed 's/^/NET-TX /'
+$I -c 10.0.2.1 -t {seconds} -f m -R | grep receiver | sed 's/^/NET-RX /'
+echo NET-DONE"
+    )
+}
+
+/// `Mbits/sec` of a `NET-TX`/`NET-RX` line, `avg` ms of a `NET-RTT` line (busybox
+/// `round-trip min/avg/max = a/b/c ms`).
+fn parse(line: &str) -> Option<f64> {
+    if line.starts_with("NET-RTT") {
+        let stats = line.split('=').nth(1)?.split_whitespace().next()?;
+        return stats.split('/').nth(1)?.parse().ok();
+    }
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "Mbits/sec")?;
+    words.get(at.checked_sub(1)?)?.parse().ok()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2);
+    let seconds: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(8);
+    let lab = Lab::detect().unwrap_or_else(|e| fail(&format!("lab: {e}")));
+    if lab.mode() == Mode::Direct {
+        fail("run this in the nested lab (IVMM_LAB_MODE=nested): it creates TAP devices");
+    }
+    let dir = std::env::temp_dir().join(format!("ivmm-lab-net-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| fail(&format!("mkdir: {e}")));
+    let disk = iperf_disk(&dir);
+
+    let boot = GuestBoot::new()
+        .cmdline("console=ttyS0 reboot=k panic=1 quiet")
+        .command(&guest_command(seconds))
+        .args(&[
+            "--vcpus",
+            "1",
+            "--mem",
+            "512M",
+            "--disk",
+            "{disk0},format=raw,readonly=on",
+            "--net",
+            "tap=tapi",
+        ]);
+    let ivmm = boot
+        .shell_command()
+        .unwrap_or_else(|e| fail(&format!("{e}")));
+    let cmdline = boot
+        .full_cmdline()
+        .unwrap_or_else(|e| fail(&format!("{e}")));
+    let qemu = format!(
+        "/usr/bin/qemu-system-x86_64 -accel kvm -M pc -cpu host -smp 1 -m 512 -nodefaults \
+         -no-reboot -display none -serial stdio -kernel /guest/bzImage -initrd /guest/initrd.img \
+         -append '{cmdline}' -drive file={{disk0}},format=raw,if=virtio,readonly=on \
+         -netdev tap,id=n0,ifname=tapq,script=no,downscript=no,vhost=off \
+         -device virtio-net-pci,netdev=n0,romfile="
+    );
+    // Each VMM makes its TAP; L1 gives it the host address once it exists.
+    let one = |vmm: &str, tap: &str, command: &str| {
+        format!(
+            "echo NET-VMM {vmm}\n{command} & P=$!\n\
+             i=0; until [ -e /sys/class/net/{tap} ]; do i=$((i+1)); [ $i -gt 900 ] && break; sleep 0.1; done\n\
+             ip addr add 10.0.2.1/24 dev {tap} && ip link set {tap} up\n\
+             wait $P; echo NET-EXIT $?\n"
+        )
+    };
+    let mut script = format!("ip link set lo up\n{IPERF3} -s -D\nsleep 1\n");
+    for _ in 0..rounds {
+        script.push_str(&one("ivmm", "tapi", &ivmm));
+        script.push_str(&one("qemu", "tapq", &qemu));
+    }
+    let opts = RunOptions::new()
+        .disk(&disk)
+        .host_binary(IPERF3)
+        .host_binary("/usr/bin/qemu-system-x86_64")
+        .host_file("/usr/share/seabios/bios-256k.bin")
+        .host_file("/usr/share/qemu/linuxboot_dma.bin")
+        .host_file("/usr/share/qemu/kvmvapic.bin")
+        .timeout(Duration::from_secs(
+            300 + rounds as u64 * 2 * (60 + 3 * u64::from(seconds)),
+        ));
+    let out = lab
+        .run_shell(&script, opts)
+        .unwrap_or_else(|e| fail(&format!("lab run: {e}")));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // (vmm, metric) -> values
+    let mut results: Vec<(String, &str, Vec<f64>)> = Vec::new();
+    let mut current = String::new();
+    for line in out.console.lines() {
+        let line = line.trim();
+        if let Some(vmm) = line.strip_prefix("NET-VMM ") {
+            current = vmm.to_string();
+            continue;
+        }
+        for metric in ["NET-TX", "NET-RX", "NET-RTT"] {
+            if line.starts_with(metric) {
+                if let Some(v) = parse(line) {
+                    match results
+                        .iter_mut()
+                        .find(|(m, k, _)| *m == current && *k == metric)
+                    {
+                        Some((_, _, vals)) => vals.push(v),
+                        None => results.push((current.clone(), metric, vec![v])),
+                    }
+                }
+            }
+        }
+    }
+    let get = |vmm: &str, metric: &str| {
+        median(
+            results
+                .iter()
+                .find(|(m, k, _)| m == vmm && *k == metric)
+                .map(|(_, _, v)| v.clone())
+                .unwrap_or_default(),
+        )
+    };
+    if results.is_empty() {
+        eprintln!("{}", out.console);
+        fail("no measurements in the console");
+    }
+    println!(
+        "virtio-net in the {:?} lab: iperf3 TCP {seconds} s each way against L1 over a TAP, ping RTT (20), 1 vCPU, 512 MiB, median of {rounds} rounds",
+        lab.mode()
+    );
+    println!("| metric                     |     ivmm |     QEMU | ivmm/QEMU |");
+    println!("|----------------------------|----------|----------|-----------|");
+    for (metric, label, higher_better) in [
+        ("NET-TX", "guest→host Mbit/s", true),
+        ("NET-RX", "host→guest Mbit/s", true),
+        ("NET-RTT", "ping RTT ms (lower better)", false),
+    ] {
+        let (i, q) = (get("ivmm", metric), get("qemu", metric));
+        let ratio = if higher_better { i / q } else { q / i };
+        println!("| {label:<26} | {i:>8.2} | {q:>8.2} | {ratio:>9.2} |");
+    }
+    println!("(ratio > 1: ivmm better; for RTT the ratio is QEMU/ivmm)");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    #[test]
+    fn iperf_and_ping_lines_parse() {
+        let tx =
+            "NET-TX [  5]   0.00-8.00   sec   912 MBytes   956 Mbits/sec                  receiver";
+        assert_eq!(parse(tx), Some(956.0));
+        let rtt = "NET-RTT round-trip min/avg/max = 0.311/0.455/0.913 ms";
+        assert_eq!(parse(rtt), Some(0.455));
+        assert_eq!(parse("NET-TX nothing"), None);
+    }
+}
