@@ -191,6 +191,22 @@ impl crate::virtio::net::NetBackend for SocketNet {
     fn send(&self, frame: &[u8]) -> std::io::Result<usize> {
         self.sock.send(frame)
     }
+    /// Like a TAP's readv: the datagram spread over the slices in order
+    /// (cut at their end).
+    fn recv_slices(&self, slices: &[vm_memory::VolatileSlice<'_>]) -> std::io::Result<usize> {
+        self.recv_calls.fetch_add(1, Ordering::SeqCst);
+        let mut buf = vec![0u8; crate::virtio::net::MAX_FRAME_LEN + 1];
+        let n = self.sock.recv(&mut buf)?;
+        let mut rest = &buf[..n];
+        let mut written = 0;
+        for s in slices {
+            let k = rest.len().min(s.len());
+            s.copy_from(&rest[..k]);
+            rest = &rest[k..];
+            written += k;
+        }
+        Ok(written)
+    }
     fn set_offload(&self, flags: u32) -> std::io::Result<()> {
         *self.offload.lock().unwrap() = Some(flags);
         Ok(())

@@ -83,6 +83,13 @@ pub trait NetBackend: Send + Sync {
         }
         self.send(scratch)
     }
+    /// Reads one frame without blocking straight into slices of guest
+    /// memory (together at least [`MAX_FRAME_LEN`] bytes, so nothing is
+    /// cut off). `Unsupported` (the default) makes the caller read into its
+    /// own buffer with [`Self::recv`] instead.
+    fn recv_slices(&self, _slices: &[vm_memory::VolatileSlice<'_>]) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
     /// Which offloads (TUN_F_* bits) frames given to [`Self::recv`] may use.
     fn set_offload(&self, flags: u32) -> std::io::Result<()>;
     /// Polls readable when [`Self::recv`] has a frame.

@@ -146,6 +146,36 @@ impl NetBackend for Tap {
         (&self.file).write(frame)
     }
 
+    fn recv_slices(&self, slices: &[vm_memory::VolatileSlice<'_>]) -> std::io::Result<usize> {
+        if slices.len() > 1024 {
+            return Err(std::io::ErrorKind::Unsupported.into());
+        }
+        // The guards keep the pointers valid until readv returns.
+        let guards: Vec<_> = slices.iter().map(|s| s.ptr_guard_mut()).collect();
+        let iov: Vec<libc::iovec> = guards
+            .iter()
+            .zip(slices)
+            .map(|(g, s)| libc::iovec {
+                iov_base: g.as_ptr().cast(),
+                iov_len: s.len(),
+            })
+            .collect();
+        // SAFETY: each iovec points into guest memory that the slices (and
+        // their guards) keep mapped for this call; readv writes at most
+        // their lengths. At most 1024 iovecs (checked above).
+        let n = unsafe {
+            libc::readv(
+                self.file.as_raw_fd(),
+                iov.as_ptr(),
+                iov.len() as libc::c_int,
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
     fn send_slices(
         &self,
         slices: &[vm_memory::VolatileSlice<'_>],

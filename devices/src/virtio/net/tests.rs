@@ -343,6 +343,32 @@ fn a_frame_waiting_for_more_buffers_asks_for_a_kick_at_the_drivers_index() {
     );
 }
 
+/// With a maximal frame's worth of buffers posted, frames are read
+/// straight into them: the first chains get the frame, the rest stay
+/// available for the next one, and num_buffers is set in guest memory.
+#[test]
+fn frames_are_read_straight_into_posted_buffers_and_the_rest_kept() {
+    let mut r = RxRig::new(true);
+    let mem = r.mem.clone();
+    let vq = MockSplitQueue::create(&mem, GuestAddress(RXQ), 32);
+    let pages: Vec<(u64, u32, bool)> = (0..20).map(|i| (BUF + i * 0x1000, 4096, true)).collect();
+    vq.add_desc_chains(&singles(&pages), 0).unwrap();
+    let mut q: Queue = vq.create_queue().unwrap();
+    let big = frame(5000, 7); // 5012 bytes: 4096 + 916
+    let small = frame(100, 8);
+    r.send(&big);
+    r.send(&small);
+    let res = r.process(&mut q);
+    assert!(res.notify && !res.starved, "{res:?}");
+    assert_eq!(used(&r.mem, &vq), vec![(0, 4096), (1, 916), (2, 112)]);
+    let mut got = bytes(&r.mem, BUF, 4096);
+    got.extend(bytes(&r.mem, BUF + 0x1000, 916));
+    assert_eq!(got, with_num_buffers(big, 2));
+    assert_eq!(bytes(&r.mem, BUF + 0x2000, 112), with_num_buffers(small, 1));
+    use virtio_queue::QueueT;
+    assert_eq!(q.next_avail(), 3, "17 chains still posted");
+}
+
 #[test]
 fn a_maximal_frame_fits_mergeable_pages() {
     let mut r = RxRig::new(true);
