@@ -708,10 +708,10 @@ mod tests {
     #[test]
     fn bad_net_options_name_the_argument() {
         for (arg, needle) in [
-            ("", "expected tap=NAME"),
+            ("", "or tap=NAME"),
             ("nat,subnet=10.0.2.1/24", "host bits"),
             ("nat,tap=x", "unknown option"),
-            ("tap0", "expected tap=NAME"),
+            ("tap0", "or tap=NAME"),
             ("tap=", "tap="),
             ("tap=a/b", "tap=a/b"),
             ("tap=sixteen-chars-xx", "15 characters"),
