@@ -8,6 +8,8 @@
 //! Then `convert` (with and without `-c`) of a mostly-full image, both tools
 //! with their defaults (target cache `unsafe`: no flush at the end).
 
+pub mod tool_disk;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;

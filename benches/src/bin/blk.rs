@@ -1,17 +1,20 @@
 //! virtio-blk throughput, ivmm vs QEMU (`-accel kvm`, virtio-blk-pci, `cache=none`,
 //! `aio=threads`) on the same images in the same lab (nested L1 on kvm_pvm hosts), the same
-//! Debian kernel and initramfs. The guest has no fio: each job is busybox `dd` with O_DIRECT
-//! (1 MiB and 4 KiB, sequential, one request in flight = QD1; and 8 parallel 4 KiB readers on
-//! disjoint ranges = QD8), timed with the guest's /proc/uptime. KVM exits per 4 KiB request come
-//! from L1's `/sys/kernel/debug/kvm/exits`, sampled around a 4 KiB read job (idle timer exits
-//! of the sampling window included). Everything in the nested lab is emulated: read the ratios.
+//! Debian kernel and initramfs. The guest runs the host's fio (carried on a read-only ext4
+//! disk with its libraries, see `tool_disk`) against `/dev/vda` with O_DIRECT and libaio:
+//! sequential 1 MiB read/write and random 4 KiB read/write at queue depth 1 and 32, each
+//! for a fixed time. KVM exits per 4 KiB request come from L1's
+//! `/sys/kernel/debug/kvm/exits`, sampled around a 4 KiB read job (idle timer exits of the
+//! sampling window included). Everything in the nested lab is emulated: read the ratios.
 //!
-//! Usage: `cargo run --release -p ivmm-benches --bin blk`
+//! Usage: `cargo run --release -p ivmm-benches --bin blk [-- SECONDS]`
+//! Needs `fio` installed on the host (`apt-get install fio`) and `mkfs.ext4`.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use ivmm_benches::tool_disk;
 use ivmm_tests::{GuestBoot, Lab, Mode, RunOptions};
 
 const MIB: u64 = 1 << 20;
@@ -22,22 +25,34 @@ const EXIT_REQS: u64 = 2048;
 /// (image format, VMM, (job, MiB/s) list, KVM exits during the exit-counting job).
 type Row = (String, String, Vec<(String, f64)>, u64);
 
-/// Guest side: `T <job> <MiB> <start> <end>` lines, and markers for the exit sampling. Kept
-/// short: it travels base64-encoded on the kernel command line (2 KiB at most).
-fn guest_script() -> String {
+/// fio jobs: (rw, block size, queue depth).
+const JOBS: [(&str, &str, u32); 6] = [
+    ("read", "1M", 1),
+    ("write", "1M", 1),
+    ("randread", "4k", 1),
+    ("randwrite", "4k", 1),
+    ("randread", "4k", 32),
+    ("randwrite", "4k", 32),
+];
+
+/// Guest side: `FIO <job>;<read KiB/s>;<write KiB/s>` lines (fio's terse output, fields 3,
+/// 7 and 48), and markers for the exit sampling. Kept short: it travels base64-encoded on
+/// the kernel command line (2 KiB at most).
+fn guest_script(seconds: u32) -> String {
+    let jobs: Vec<String> = JOBS
+        .iter()
+        .map(|(rw, bs, qd)| format!("\"{rw} {bs} {qd}\""))
+        .collect();
     format!(
-        "u(){{ cut -d' ' -f1 /proc/uptime; }}; \
-         t(){{ s=$(u); eval \"$3\" 2>/dev/null; echo T $1 $2 $s $(u); }}; \
-         p(){{ for i in 0 1 2 3 4 5 6 7; do dd $1 bs=4k count=1024 $2=$((i*2048)) $3=direct & done; wait; }}; \
-         t read-1M-QD1 {m} 'dd if=/dev/vda of=/dev/null bs=1M count={m} iflag=direct'; \
-         t write-1M-QD1 {m} 'dd if=/dev/zero of=/dev/vda bs=1M count={m} oflag=direct'; \
-         t read-4K-QD1 16 'dd if=/dev/vda of=/dev/null bs=4k count=4096 iflag=direct'; \
-         t write-4K-QD1 16 'dd if=/dev/zero of=/dev/vda bs=4k count=4096 oflag=direct'; \
-         t read-4K-QD8 32 'p \"if=/dev/vda of=/dev/null\" skip iflag'; \
-         t write-4K-QD8 32 'p \"if=/dev/zero of=/dev/vda\" seek oflag'; \
+        "mkdir -p /mnt; mount -o ro /dev/vdb /mnt || exit 9; \
+         for j in {jobs}; do set -- $j; {fio} --name=$1-$2-QD$3 --rw=$1 --bs=$2 --iodepth=$3 \
+         --thread --direct=1 --ioengine=libaio --filename=/dev/vda --size={m}M --time_based \
+         --runtime={seconds} --minimal 2>/dev/null | cut -d';' -f3,7,48 | sed 's/^/FIO /'; done; \
          echo EXITS-BEGIN; sleep 1; dd if=/dev/vda of=/dev/null bs=4k count={EXIT_REQS} iflag=direct 2>/dev/null; \
          echo EXITS-END; sleep 1; echo BENCH-DONE",
-        m = IMAGE_MIB
+        jobs = jobs.join(" "),
+        fio = tool_disk::run_prefix("fio"),
+        m = IMAGE_MIB - 4,
     )
 }
 
@@ -61,15 +76,14 @@ fn parse(console: &str) -> Option<(Vec<(String, f64)>, u64)> {
     let mut jobs = Vec::new();
     let mut exits = None;
     for line in console.lines().map(str::trim) {
-        let w: Vec<&str> = line.split_whitespace().collect();
-        match w.as_slice() {
-            ["T", name, mib, s, e] => {
-                let (mib, s, e): (f64, f64, f64) =
-                    (mib.parse().ok()?, s.parse().ok()?, e.parse().ok()?);
-                jobs.push((name.to_string(), mib / (e - s).max(0.01)));
+        if let Some(fio) = line.strip_prefix("FIO ") {
+            let f: Vec<&str> = fio.split(';').collect();
+            if let [name, read, write] = f.as_slice() {
+                let kib: f64 = read.parse::<f64>().ok()? + write.parse::<f64>().ok()?;
+                jobs.push((name.to_string(), kib / 1024.0));
             }
-            ["EXITS", n] => exits = n.parse().ok(),
-            _ => {}
+        } else if let Some(n) = line.strip_prefix("EXITS ") {
+            exits = n.trim().parse().ok();
         }
     }
     Some((jobs, exits?))
@@ -91,8 +105,16 @@ fn main() {
             std::process::exit(1);
         }
     };
+    let seconds: u32 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(5);
     let dir = std::env::temp_dir().join(format!("ivmm-bench-blk-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("bench dir");
+    let tools = tool_disk::build(&dir, &["/usr/bin/fio"]).unwrap_or_else(|e| {
+        eprintln!("blk: {e}");
+        std::process::exit(1);
+    });
     let raw = dir.join("b.raw");
     let data: Vec<u8> = (0..IMAGE_MIB * MIB).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(&raw, &data).expect("raw image");
@@ -107,7 +129,7 @@ fn main() {
 
     let boot = GuestBoot::new()
         .cmdline("console=ttyS0 reboot=k panic=1 quiet")
-        .command(&guest_script())
+        .command(&guest_script(seconds))
         .args(&["--vcpus", "2", "--mem", "512M"]);
     let cmdline = boot.full_cmdline().expect("cmdline");
     let (kernel, initrd) = match lab.mode() {
@@ -129,18 +151,21 @@ fn main() {
     for (format, image) in [("raw", &raw), ("qcow2", &qcow)] {
         let ivmm = format!(
             "{{ivmm}} run --kernel {kernel} --initrd {initrd} --vcpus 2 --mem 512M \
-             --serial stdio --cmdline '{cmdline}' --disk {{disk0}},format={format},cache=none"
+             --serial stdio --cmdline '{cmdline}' --disk {{disk0}},format={format},cache=none \
+             --disk {{disk1}},format=raw,readonly=on"
         );
         let qemu_cmd = format!(
             "{qemu} -accel kvm -M pc -cpu host -smp 2 -m 512 -nodefaults -no-reboot \
              -display none -serial stdio -kernel {kernel} -initrd {initrd} -append '{cmdline}' \
              -drive file={{disk0}},if=none,id=d0,format={format},cache=none,aio=threads \
-             -device virtio-blk-pci,drive=d0,num-queues=2"
+             -device virtio-blk-pci,drive=d0,num-queues=2 \
+             -drive file={{disk1}},if=virtio,format=raw,readonly=on"
         );
         for (vmm, script) in [("ivmm", ivmm), ("qemu", qemu_cmd)] {
             // `{ivmm}` in a script makes the harness carry ivmm and its libraries.
             let opts = RunOptions::new()
                 .disk(image.as_path())
+                .disk(tools.as_path())
                 .host_binary(qemu)
                 .host_file("/usr/share/seabios/bios-256k.bin")
                 .host_file("/usr/share/qemu/linuxboot_dma.bin")
@@ -159,6 +184,7 @@ fn main() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 
+    println!("fio, {seconds} s per job, O_DIRECT, libaio, {IMAGE_MIB} MiB images, 2 vCPUs, 512 MiB ({:?} lab)", lab.mode());
     println!("| image | job | ivmm MiB/s | QEMU MiB/s | ivmm/QEMU |");
     println!("|---|---|---|---|---|");
     for format in ["raw", "qcow2"] {

@@ -9,10 +9,9 @@
 //! Usage: `cargo run --release -p ivmm-benches --bin lab_net [-- ROUNDS [SECONDS]]`
 //! Needs `iperf3` installed on the host (`apt-get install iperf3`) and `mkfs.ext4`.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
+use ivmm_benches::tool_disk;
 use ivmm_tests::{GuestBoot, Lab, Mode, RunOptions};
 
 const IPERF3: &str = "/usr/bin/iperf3";
@@ -22,56 +21,18 @@ fn fail(msg: &str) -> ! {
     std::process::exit(1);
 }
 
-/// A raw ext4 image holding iperf3, its shared libraries and the loader at its root.
-fn iperf_disk(dir: &Path) -> PathBuf {
-    let root = dir.join("root");
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(root.join("lib")).unwrap_or_else(|e| fail(&format!("mkdir: {e}")));
-    if !Path::new(IPERF3).is_file() {
-        fail("no /usr/bin/iperf3 on the host: apt-get install iperf3");
-    }
-    std::fs::copy(IPERF3, root.join("iperf3")).unwrap_or_else(|e| fail(&format!("copy: {e}")));
-    let ldd = Command::new("ldd")
-        .arg(IPERF3)
-        .output()
-        .unwrap_or_else(|e| fail(&format!("ldd: {e}")));
-    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-        let path = line
-            .split_whitespace()
-            .find(|w| w.starts_with('/'))
-            .map(PathBuf::from);
-        if let Some(p) = path {
-            let name = p.file_name().unwrap_or_default().to_owned();
-            std::fs::copy(&p, root.join("lib").join(&name))
-                .unwrap_or_else(|e| fail(&format!("copy {}: {e}", p.display())));
-        }
-    }
-    let image = dir.join("iperf.ext4");
-    let _ = std::fs::remove_file(&image);
-    let status = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-d"])
-        .arg(&root)
-        .arg(&image)
-        .arg("32M")
-        .status()
-        .unwrap_or_else(|e| fail(&format!("mkfs.ext4: {e}")));
-    if !status.success() {
-        fail("mkfs.ext4 failed");
-    }
-    image
-}
-
 /// Guest: mount the iperf3 disk, configure eth0, measure; lines start with `NET-`.
 fn guest_command(seconds: u32) -> String {
     format!(
         "mkdir -p /mnt; mount -o ro /dev/vda /mnt || exit 9
-I='/mnt/lib/ld-linux-x86-64.so.2 --library-path /mnt/lib /mnt/iperf3'
+I='{iperf3}'
 ip link set eth0 up; ip addr add 10.0.2.15/24 dev eth0
 i=0; until ping -c 1 -W 1 10.0.2.1 >/dev/null 2>&1; do i=$((i+1)); [ $i -gt 60 ] && break; done
 echo NET-RTT $(ping -c 20 -i 0.2 10.0.2.1 | tail -n 1)
 $I -c 10.0.2.1 -t {seconds} -f m | grep receiver | sed 's/^/NET-TX /'
 $I -c 10.0.2.1 -t {seconds} -f m -R | grep receiver | sed 's/^/NET-RX /'
-echo NET-DONE"
+echo NET-DONE",
+        iperf3 = tool_disk::run_prefix("iperf3")
     )
 }
 
@@ -105,7 +66,7 @@ fn main() {
     }
     let dir = std::env::temp_dir().join(format!("ivmm-lab-net-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| fail(&format!("mkdir: {e}")));
-    let disk = iperf_disk(&dir);
+    let disk = tool_disk::build(&dir, &[IPERF3]).unwrap_or_else(|e| fail(&e));
 
     let boot = GuestBoot::new()
         .cmdline("console=ttyS0 reboot=k panic=1 quiet")
