@@ -167,6 +167,8 @@ pub struct SocketNet {
     pub offload: Mutex<Option<u32>>,
     /// How often the device tried to read a frame.
     pub recv_calls: AtomicUsize,
+    /// How many of those were straight into guest buffers.
+    pub slice_reads: AtomicUsize,
 }
 
 impl SocketNet {
@@ -178,6 +180,7 @@ impl SocketNet {
             sock: a,
             offload: Mutex::new(None),
             recv_calls: AtomicUsize::new(0),
+            slice_reads: AtomicUsize::new(0),
         };
         (std::sync::Arc::new(net), b)
     }
@@ -195,6 +198,7 @@ impl crate::virtio::net::NetBackend for SocketNet {
     /// (cut at their end).
     fn recv_slices(&self, slices: &[vm_memory::VolatileSlice<'_>]) -> std::io::Result<usize> {
         self.recv_calls.fetch_add(1, Ordering::SeqCst);
+        self.slice_reads.fetch_add(1, Ordering::SeqCst);
         let mut buf = vec![0u8; crate::virtio::net::MAX_FRAME_LEN + 1];
         let n = self.sock.recv(&mut buf)?;
         let mut rest = &buf[..n];

@@ -21,6 +21,9 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMma
 
 use super::{NetBackend, MAX_FRAME_LEN, NET_HDR_LEN};
 
+/// Frames up to this size are copied: cheaper than gathering a maximal
+/// frame's worth of receive chains to read them in place.
+const SMALL_FRAME: usize = 4096;
 /// Offset of `num_buffers` in `virtio_net_hdr_v1` (§5.1.6).
 const NUM_BUFFERS_OFFSET: usize = 10;
 /// Frames moved per wake-up before other work (and the other queue) get a
@@ -150,6 +153,10 @@ enum Delivery {
 pub struct Rx {
     buf: Vec<u8>,
     pending: Option<usize>,
+    /// The last frame was large: read the next one straight into guest
+    /// buffers. Small frames (ACKs, pings) take the copying path, which
+    /// looks at one receive chain instead of a maximal frame's worth.
+    direct: bool,
     /// VIRTIO_NET_F_MRG_RXBUF was negotiated.
     pub mergeable: bool,
 }
@@ -172,6 +179,7 @@ impl Rx {
             // One byte more than a maximal frame, so an oversized one shows.
             buf: vec![0; MAX_FRAME_LEN + 1],
             pending: None,
+            direct: false,
             mergeable,
         }
     }
@@ -194,10 +202,11 @@ impl Rx {
         let mut backend_failed = false;
         crate::virtio::check_avail_index(queue, mem)?;
         for _ in 0..BUDGET {
-            if self.pending.is_none() {
+            if self.pending.is_none() && self.direct {
                 match receive_direct(queue, mem, backend, self.mergeable)? {
-                    Direct::Delivered => {
+                    Direct::Delivered(len) => {
                         used_any = true;
+                        self.direct = len > SMALL_FRAME;
                         continue;
                     }
                     Direct::Dropped => continue,
@@ -236,6 +245,7 @@ impl Rx {
                 Delivery::Delivered => {
                     self.pending = None;
                     used_any = true;
+                    self.direct = len > SMALL_FRAME;
                 }
                 Delivery::Dropped { used } => {
                     self.pending = None;
@@ -258,8 +268,8 @@ impl Rx {
 
 /// What [`receive_direct`] did.
 enum Direct {
-    /// A frame went straight into the receive queue.
-    Delivered,
+    /// A frame of this many bytes went straight into the receive queue.
+    Delivered(usize),
     /// A frame too short to carry the header was read and dropped.
     Dropped,
     /// The backend has no frame.
@@ -366,7 +376,7 @@ fn receive_direct(
         queue.add_used(mem, *head, *len)?;
     }
     queue.set_next_avail(start.wrapping_add(num_buffers));
-    Ok(Direct::Delivered)
+    Ok(Direct::Delivered(n))
 }
 
 /// Writes `bytes` at `offset` into the buffer described by `segs` (which

@@ -351,22 +351,32 @@ fn frames_are_read_straight_into_posted_buffers_and_the_rest_kept() {
     let mut r = RxRig::new(true);
     let mem = r.mem.clone();
     let vq = MockSplitQueue::create(&mem, GuestAddress(RXQ), 32);
-    let pages: Vec<(u64, u32, bool)> = (0..20).map(|i| (BUF + i * 0x1000, 4096, true)).collect();
-    vq.add_desc_chains(&singles(&pages), 0).unwrap();
+    // Twelve 8 KiB buffers: 96 KiB, more than a maximal frame.
+    let chunks: Vec<(u64, u32, bool)> = (0..12).map(|i| (BUF + i * 0x2000, 8192, true)).collect();
+    vq.add_desc_chains(&singles(&chunks), 0).unwrap();
     let mut q: Queue = vq.create_queue().unwrap();
-    let big = frame(5000, 7); // 5012 bytes: 4096 + 916
+    // The first large frame is copied (and switches to reading in place),
+    // the second is read in place, the small one after it too (and
+    // switches back).
+    let big = frame(5000, 7);
+    let big2 = frame(4500, 9);
     let small = frame(100, 8);
     r.send(&big);
+    r.send(&big2);
     r.send(&small);
     let res = r.process(&mut q);
     assert!(res.notify && !res.starved, "{res:?}");
-    assert_eq!(used(&r.mem, &vq), vec![(0, 4096), (1, 916), (2, 112)]);
-    let mut got = bytes(&r.mem, BUF, 4096);
-    got.extend(bytes(&r.mem, BUF + 0x1000, 916));
-    assert_eq!(got, with_num_buffers(big, 2));
-    assert_eq!(bytes(&r.mem, BUF + 0x2000, 112), with_num_buffers(small, 1));
+    assert_eq!(used(&r.mem, &vq), vec![(0, 5012), (1, 4512), (2, 112)]);
+    assert_eq!(bytes(&r.mem, BUF, 5012), with_num_buffers(big, 1));
+    assert_eq!(bytes(&r.mem, BUF + 0x2000, 4512), with_num_buffers(big2, 1));
+    assert_eq!(bytes(&r.mem, BUF + 0x4000, 112), with_num_buffers(small, 1));
     use virtio_queue::QueueT;
-    assert_eq!(q.next_avail(), 3, "17 chains still posted");
+    assert_eq!(q.next_avail(), 3, "nine chains still posted");
+    assert_eq!(
+        r.backend.slice_reads.load(Ordering::SeqCst),
+        2,
+        "big2 and small in place"
+    );
 }
 
 #[test]
