@@ -7,7 +7,7 @@
 //! `/sys/kernel/debug/kvm/exits`, sampled around a 4 KiB read job (idle timer exits of the
 //! sampling window included). Everything in the nested lab is emulated: read the ratios.
 //!
-//! Usage: `cargo run --release -p ivmm-benches --bin blk [-- SECONDS]`
+//! Usage: `cargo run --release -p ivmm-benches --bin blk [-- SECONDS [raw|qcow2]]`
 //! Needs `fio` installed on the host (`apt-get install fio`) and `mkfs.ext4`.
 
 use std::path::Path;
@@ -47,7 +47,8 @@ fn guest_script(seconds: u32) -> String {
         "mkdir -p /mnt; mount -o ro /dev/vdb /mnt || exit 9; \
          for j in {jobs}; do set -- $j; {fio} --name=$1-$2-QD$3 --rw=$1 --bs=$2 --iodepth=$3 \
          --thread --direct=1 --ioengine=libaio --filename=/dev/vda --size={m}M --time_based \
-         --runtime={seconds} --minimal 2>/dev/null | cut -d';' -f3,7,48 | sed 's/^/FIO /'; done; \
+         --runtime={seconds} --minimal 2>/tmp/e | cut -d';' -f3,7,48 | sed 's/^/FIO /'; \
+         head -c 300 /tmp/e | sed 's/^/FIO-ERR /'; done; \
          echo EXITS-BEGIN; sleep 1; dd if=/dev/vda of=/dev/null bs=4k count={EXIT_REQS} iflag=direct 2>/dev/null; \
          echo EXITS-END; sleep 1; echo BENCH-DONE",
         jobs = jobs.join(" "),
@@ -67,7 +68,7 @@ fn l1_script(vmm: &str) -> String {
          w EXITS-BEGIN; A=$(cat $X)\n\
          w EXITS-END; B=$(cat $X)\n\
          wait $P; echo VMM-RC=$?\n\
-         grep -E '^T |BENCH-DONE' /tmp/con.log\n\
+         grep -E '^FIO|BENCH-DONE' /tmp/con.log\n\
          echo EXITS $((B-A))\n"
     )
 }
@@ -148,7 +149,11 @@ fn main() {
     let qemu = "/usr/bin/qemu-system-x86_64";
 
     let mut rows: Vec<Row> = Vec::new();
+    let only = std::env::args().nth(2);
     for (format, image) in [("raw", &raw), ("qcow2", &qcow)] {
+        if only.as_deref().is_some_and(|o| o != format) {
+            continue;
+        }
         let ivmm = format!(
             "{{ivmm}} run --kernel {kernel} --initrd {initrd} --vcpus 2 --mem 512M \
              --serial stdio --cmdline '{cmdline}' --disk {{disk0}},format={format},cache=none \
@@ -173,7 +178,9 @@ fn main() {
                 .timeout(Duration::from_secs(900));
             match lab.run_shell(&l1_script(&script), opts) {
                 Ok(out) => match parse(&out.console) {
-                    Some((jobs, exits)) if out.console.contains("BENCH-DONE") => {
+                    Some((jobs, exits))
+                        if !jobs.is_empty() && out.console.contains("BENCH-DONE") =>
+                    {
                         rows.push((format.into(), vmm.into(), jobs, exits))
                     }
                     _ => eprintln!("{vmm} {format}: no results:\n{}", out.console),
