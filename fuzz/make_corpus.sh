@@ -11,7 +11,7 @@
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 [ $# -gt 0 ] || set -- qcow2_open virtio_blk_request virtio_net_tx_rx virtio_pci_transport \
-	serial_16550 kernel_image
+	serial_16550 kernel_image nat_packets
 
 qcow2_open() {
 	out=$1
