@@ -189,6 +189,11 @@ in_guest "$BB" udhcpc -i g1 -f -n -q -t 5 -T 2 -s "$D/dhcp.sh" 2>&1 | grep LEASE
 echo PING=$(in_guest "$BB" ping -c 2 -W 3 10.0.2.1 | grep -c 'bytes from')
 echo NSLOOKUP=$(in_guest "$BB" nslookup upstream.test 10.0.2.1 2>&1 | grep -A1 'Name:' | grep Address | awk '{{print $NF}}')
 echo NXDOMAIN=$(in_guest "$BB" nslookup nowhere.test 10.0.2.1 2>&1 | grep -c -i "can't find\|NXDOMAIN")
+# A hostile guest: random datagrams of many sizes at the DNS and DHCP ports.
+for i in 1 2 3 4 5 6 7 8 9 10 11 12; do head -c $((i*i*9)) /dev/urandom >"$D/junk"
+  in_guest bash -c "cat '$D/junk' >/dev/udp/10.0.2.1/53; cat '$D/junk' >/dev/udp/10.0.2.1/67"; done
+echo AFTER-JUNK=$(in_guest "$BB" nslookup upstream.test 10.0.2.1 2>&1 | grep -A1 'Name:' | grep Address | awk '{{print $NF}}')
+echo NAT-SECCOMP=$(for t in /proc/$P/task/*; do [ "$(cat $t/comm)" = ivmm-nat ] && awk '/^Seccomp:/ {{print $2}}' $t/status; done)
 echo HTTP-$(in_guest "$BB" wget -q -O - http://192.0.2.2/cgi-bin/peer)
 in_guest "$BB" wget -q -O "$D/got" http://192.0.2.2/blob; echo BLOB=$(md5sum <"$D/got" | cut -d' ' -f1)
 echo SERVED=$(md5sum <"$D/www/blob" | cut -d' ' -f1)
@@ -227,6 +232,10 @@ cat "$D/ivmm.err"
         "{out}"
     );
     assert_ne!(value(&out, "NXDOMAIN="), "0", "{out}");
+    // Garbage at both ports changed nothing, and the service thread runs
+    // under its own filter (2: SECCOMP_MODE_FILTER).
+    assert_eq!(value(&out, "AFTER-JUNK="), "192.0.2.2", "{out}");
+    assert_eq!(value(&out, "NAT-SECCOMP="), "2", "{out}");
     // Masquerade: the HTTP server saw the host's address, and the bytes
     // came through intact.
     assert_eq!(value(&out, "HTTP-PEER="), "192.0.2.1", "{out}");
