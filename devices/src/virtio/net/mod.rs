@@ -75,13 +75,7 @@ pub trait NetBackend: Send + Sync {
         slices: &[vm_memory::VolatileSlice<'_>],
         scratch: &mut Vec<u8>,
     ) -> std::io::Result<usize> {
-        scratch.clear();
-        for s in slices {
-            let at = scratch.len();
-            scratch.resize(at + s.len(), 0);
-            s.copy_to(&mut scratch[at..]);
-        }
-        self.send(scratch)
+        self.send(gather_slices(slices, scratch))
     }
     /// Reads one frame without blocking straight into slices of guest
     /// memory (together at least [`MAX_FRAME_LEN`] bytes, so nothing is
@@ -94,6 +88,20 @@ pub trait NetBackend: Send + Sync {
     fn set_offload(&self, flags: u32) -> std::io::Result<()>;
     /// Polls readable when [`Self::recv`] has a frame.
     fn raw_fd(&self) -> RawFd;
+}
+
+/// Copies guest-memory slices, in order, into `scratch` (cleared first).
+pub fn gather_slices<'a>(
+    slices: &[vm_memory::VolatileSlice<'_>],
+    scratch: &'a mut Vec<u8>,
+) -> &'a [u8] {
+    scratch.clear();
+    for s in slices {
+        let at = scratch.len();
+        scratch.resize(at + s.len(), 0);
+        s.copy_to(&mut scratch[at..]);
+    }
+    scratch
 }
 
 /// The receive offloads a driver accepted, as TUN_F_* bits.

@@ -184,13 +184,7 @@ impl NetBackend for Tap {
         // writev takes at most IOV_MAX (1024) pieces; drivers never send
         // that many, a hostile one gets the copying path.
         if slices.len() > 1024 {
-            scratch.clear();
-            for s in slices {
-                let at = scratch.len();
-                scratch.resize(at + s.len(), 0);
-                s.copy_to(&mut scratch[at..]);
-            }
-            return self.send(scratch);
+            return self.send(super::gather_slices(slices, scratch));
         }
         // The guards keep the pointers valid until writev returns.
         let guards: Vec<_> = slices.iter().map(|s| s.ptr_guard()).collect();
