@@ -546,21 +546,7 @@ mod tests {
         assert!(f.from_guest(&edns, guest(), now).is_some());
     }
 
-    /// Small deterministic PRNG for the fuzz loop.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
+    use crate::nat::XorShift;
 
     #[test]
     fn random_and_mutated_packets_never_panic() {

@@ -13,6 +13,24 @@ pub mod network;
 pub mod nftables;
 pub mod service;
 
+/// Small deterministic PRNG for the packet-mutation tests of `dhcp` and `dns`.
+#[cfg(test)]
+pub(crate) struct XorShift(pub u64);
+
+#[cfg(test)]
+impl XorShift {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
