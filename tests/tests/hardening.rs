@@ -181,21 +181,7 @@ fn a_forbidden_call_in_a_device_thread_stops_ivmm_with_the_message() {
 /// Compiles `tests/guest/hostile.c` statically and puts it on a raw disk
 /// image (padded to whole sectors); returns the image and the binary size.
 fn hostile_disk() -> (Image, u64) {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/hostile.c");
-    let bin = std::env::temp_dir().join(format!("ivmm-hostile-{}", std::process::id()));
-    let out = Command::new("gcc")
-        .args(["-static", "-O2", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .output()
-        .expect("gcc (with static glibc: libc6-dev)");
-    assert!(
-        out.status.success(),
-        "gcc: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut bytes = std::fs::read(&bin).expect("hostile binary");
-    let _ = std::fs::remove_file(&bin);
+    let mut bytes = common::static_binary("hostile");
     let size = bytes.len() as u64;
     bytes.resize(bytes.len().next_multiple_of(1 << 20), 0);
     let image =

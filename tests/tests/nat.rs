@@ -4,48 +4,13 @@
 //! (DNS and HTTP server) and the TAP peer live in network namespaces the
 //! script makes in L1, so no packet leaves L1.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 mod common;
 
-use ivmm_tests::{LabOutcome, RunOptions};
+use ivmm_tests::RunOptions;
 
-use common::{ivmm_command, nested_lab as lab};
-
-/// The value after `KEY=` on the first console line that has it.
-fn value<'a>(out: &'a LabOutcome, key: &str) -> &'a str {
-    out.console
-        .lines()
-        .find_map(|l| l.split_once(key).map(|(_, v)| v.trim()))
-        .unwrap_or_else(|| {
-            panic!(
-                "no {key} in console:\n{}\nL1 log:\n{}",
-                out.console, out.l1_log
-            )
-        })
-}
-
-/// `tests/guest/dns_responder.c`, compiled statically for L1.
-fn dns_responder() -> Vec<u8> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/dns_responder.c");
-    let bin = std::env::temp_dir().join(format!("ivmm-dns-responder-{}", std::process::id()));
-    let out = Command::new("gcc")
-        .args(["-static", "-O2", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .output()
-        .expect("gcc (with static glibc: libc6-dev)");
-    assert!(
-        out.status.success(),
-        "gcc: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let bytes = std::fs::read(&bin).expect("dns_responder");
-    let _ = std::fs::remove_file(&bin);
-    bytes
-}
+use common::{ivmm_command, nested_lab as lab, value};
 
 /// Guest side of DHCP: udhcpc with a script that prints the lease and
 /// configures eth0, its default route and resolver.
@@ -137,7 +102,11 @@ kill $UP $PR
         .run_shell(
             &script,
             RunOptions::new()
-                .file("dns_responder", &dns_responder(), true)
+                .file(
+                    "dns_responder",
+                    &common::static_binary("dns_responder"),
+                    true,
+                )
                 .timeout(Duration::from_secs(900)),
         )
         .expect("lab run");

@@ -8,22 +8,9 @@ use std::time::Duration;
 
 mod common;
 
-use ivmm_tests::{LabOutcome, RunOptions};
+use ivmm_tests::RunOptions;
 
-use common::{ivmm_command, nested_lab as lab};
-
-/// The value after `KEY=` on the first console line that has it.
-fn value<'a>(out: &'a LabOutcome, key: &str) -> &'a str {
-    out.console
-        .lines()
-        .find_map(|l| l.split_once(key).map(|(_, v)| v.trim()))
-        .unwrap_or_else(|| {
-            panic!(
-                "no {key} in console:\n{}\nL1 log:\n{}",
-                out.console, out.l1_log
-            )
-        })
-}
+use common::{ivmm_command, nested_lab as lab, value};
 
 /// 4 MiB each way: enough for TSO and mergeable receive buffers to matter.
 const BULK: u64 = 4 << 20;

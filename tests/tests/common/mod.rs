@@ -1,7 +1,10 @@
 //! Helpers shared by lab test files.
 #![allow(dead_code)]
 
-use ivmm_tests::{GuestBoot, Lab, Mode};
+use std::path::Path;
+use std::process::Command;
+
+use ivmm_tests::{GuestBoot, Lab, LabOutcome, Mode};
 
 /// The nested lab, even where a direct one exists: for tests that create
 /// network interfaces, which must never happen on the host.
@@ -18,4 +21,37 @@ pub fn ivmm_command(args: &[&str], cmd: &str) -> String {
         .args(args)
         .shell_command()
         .expect("ivmm args")
+}
+
+/// The value after `KEY=` on the first console line that has it.
+pub fn value<'a>(out: &'a LabOutcome, key: &str) -> &'a str {
+    out.console
+        .lines()
+        .find_map(|l| l.split_once(key).map(|(_, v)| v.trim()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no {key} in console:\n{}\nL1 log:\n{}",
+                out.console, out.l1_log
+            )
+        })
+}
+
+/// Compiles `tests/guest/NAME.c` statically (gcc -O2) and returns the binary.
+pub fn static_binary(name: &str) -> Vec<u8> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("guest/{name}.c"));
+    let bin = std::env::temp_dir().join(format!("ivmm-{name}-{}", std::process::id()));
+    let out = Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .expect("gcc (with static glibc: libc6-dev)");
+    assert!(
+        out.status.success(),
+        "gcc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&bin).expect("compiled binary");
+    let _ = std::fs::remove_file(&bin);
+    bytes
 }
