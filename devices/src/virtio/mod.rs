@@ -23,6 +23,7 @@ pub mod blk;
 pub mod net;
 pub mod pci;
 pub mod spawn;
+pub mod worker;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
