@@ -6,9 +6,9 @@
 //! backend, so checksum offload and TSO work end to end; the offloads the
 //! driver accepts for receive are handed to the backend (TUNSETOFFLOAD).
 //!
-//! Both queues are served by one I/O thread (`ivmm-net<N>`) that sleeps in
-//! epoll on the backend fd and the two queue kick eventfds (KVM ioeventfds
-//! in the VMM). When a frame arrives and the driver has no receive buffers,
+//! Both queues are served by one I/O thread (`ivmm-net<N>`) whose event
+//! loop ([`worker`]) waits on the backend fd and the two queue kick
+//! eventfds (KVM ioeventfds in the VMM). When a frame arrives and the driver has no receive buffers,
 //! the thread keeps the frame, stops polling the backend and waits for the
 //! receive queue's kick, so it never spins.
 
@@ -19,11 +19,12 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_queue::Queue;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::spawn::{self, WorkerKind, WorkerSpawner};
+use super::worker::{self, DeviceWorker};
 use super::*;
 use rxtx::{process_tx, Rx};
 
@@ -246,13 +247,17 @@ impl VirtioDevice for Net {
             tx_buf: Vec::with_capacity(MAX_FRAME_LEN),
             backend_polled: false,
             backend_failed: false,
+            stopped: false,
         };
         let handle = self
             .spawner
             .spawn(
                 format!("ivmm-{}", self.opts.name),
                 WorkerKind::Net,
-                Box::new(move || ctx.run()),
+                Box::new(move || {
+                    let name = ctx.name.clone();
+                    worker::run(&name, ctx);
+                }),
             )
             .map_err(ActivateError::Thread)?;
         self.worker = Some(Worker {
@@ -286,97 +291,74 @@ struct NetWorker {
     interrupt: Arc<dyn VirtioInterrupt>,
     rx: Rx,
     tx_buf: Vec<u8>,
-    /// The backend fd is in the epoll set.
+    /// The backend fd is in the event loop's set.
     backend_polled: bool,
     /// The backend failed for good; it is not polled again.
     backend_failed: bool,
+    stopped: bool,
 }
 
-const RX_KICK: u64 = 0;
-const TX_KICK: u64 = 1;
-const BACKEND: u64 = 2;
-const STOP: u64 = 3;
-
-impl NetWorker {
-    fn run(mut self) {
-        let epoll = match self.epoll() {
-            Ok(e) => e,
-            Err(e) => {
-                log::error!("{}: epoll: {e}", self.name);
+impl MutEventSubscriber for NetWorker {
+    fn init(&mut self, ops: &mut EventOps) {
+        for fd in [
+            self.rx_kick.as_raw_fd(),
+            self.tx_kick.as_raw_fd(),
+            self.stop.as_raw_fd(),
+        ] {
+            if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
+                log::error!("{}: cannot watch fd {fd}: {e}", self.name);
+                self.stopped = true;
                 return;
             }
-        };
-        let mut events = [EpollEvent::default(); 4];
-        // Whatever the driver queued before its first kick.
+        }
+        // Whatever the driver queued before its first kick; this also
+        // starts polling the backend.
         self.serve_tx();
-        self.serve_rx(&epoll);
-        loop {
-            let n = match epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::error!("{}: epoll wait: {e}", self.name);
-                    return;
-                }
-            };
-            let (mut rx, mut tx) = (false, false);
-            for ev in &events[..n] {
-                match ev.data() {
-                    STOP => return,
-                    RX_KICK => {
-                        let _ = self.rx_kick.read();
-                        rx = true;
-                    }
-                    TX_KICK => {
-                        let _ = self.tx_kick.read();
-                        tx = true;
-                    }
-                    _ => rx = true,
-                }
-            }
-            if tx {
-                self.serve_tx();
-            }
-            if rx {
-                self.serve_rx(&epoll);
-            }
-        }
+        self.serve_rx(ops);
     }
 
-    fn epoll(&mut self) -> std::io::Result<Epoll> {
-        let epoll = Epoll::new()?;
-        for (fd, data) in [
-            (self.rx_kick.as_raw_fd(), RX_KICK),
-            (self.tx_kick.as_raw_fd(), TX_KICK),
-            (self.stop.as_raw_fd(), STOP),
-        ] {
-            epoll.ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, data),
-            )?;
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if self.stopped {
+            return;
         }
-        self.poll_backend(&epoll, true)?;
-        Ok(epoll)
-    }
-
-    /// Adds or removes the backend fd from the epoll set.
-    fn poll_backend(&mut self, epoll: &Epoll, on: bool) -> std::io::Result<()> {
-        if on == self.backend_polled {
-            return Ok(());
-        }
-        let op = if on {
-            ControlOperation::Add
+        let fd = events.fd();
+        if fd == self.stop.as_raw_fd() {
+            self.stopped = true;
+        } else if fd == self.tx_kick.as_raw_fd() {
+            let _ = self.tx_kick.read();
+            self.serve_tx();
         } else {
-            ControlOperation::Delete
+            // The receive kick (new buffers) or the backend (new frames).
+            if fd == self.rx_kick.as_raw_fd() {
+                let _ = self.rx_kick.read();
+            }
+            self.serve_rx(ops);
+        }
+    }
+}
+
+impl DeviceWorker for NetWorker {
+    fn stopped(&self) -> bool {
+        self.stopped
+    }
+}
+
+impl NetWorker {
+    /// Starts or stops polling the backend fd.
+    fn poll_backend(&mut self, ops: &mut EventOps, on: bool) {
+        if on == self.backend_polled {
+            return;
+        }
+        let events = Events::new_raw(self.backend.raw_fd(), EventSet::IN);
+        let changed = if on {
+            ops.add(events)
+        } else {
+            ops.remove(events)
         };
-        epoll.ctl(
-            op,
-            self.backend.raw_fd(),
-            EpollEvent::new(EventSet::IN, BACKEND),
-        )?;
-        self.backend_polled = on;
-        Ok(())
+        match changed {
+            Ok(()) => self.backend_polled = on,
+            Err(e) => log::error!("{}: event loop: {e}", self.name),
+        }
     }
 
     fn serve_tx(&mut self) {
@@ -392,7 +374,7 @@ impl NetWorker {
         }
     }
 
-    fn serve_rx(&mut self, epoll: &Epoll) {
+    fn serve_rx(&mut self, ops: &mut EventOps) {
         if self.backend_failed {
             return;
         }
@@ -405,9 +387,7 @@ impl NetWorker {
                 // A broken ring: wait for the driver's next kick (or reset)
                 // rather than spin on a readable backend.
                 log::error!("{}: receive queue: {e}", self.name);
-                if let Err(e) = self.poll_backend(epoll, false) {
-                    log::error!("{}: epoll: {e}", self.name);
-                }
+                self.poll_backend(ops, false);
                 return;
             }
         };
@@ -417,9 +397,7 @@ impl NetWorker {
         self.backend_failed |= result.backend_failed;
         // A waiting frame: sleep until the driver adds buffers (its kick).
         let poll = !result.starved && !self.backend_failed;
-        if let Err(e) = self.poll_backend(epoll, poll) {
-            log::error!("{}: epoll: {e}", self.name);
-        }
+        self.poll_backend(ops, poll);
     }
 }
 
