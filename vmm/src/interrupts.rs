@@ -1,5 +1,6 @@
 //! KVM interrupt routing for MSI-X: one GSI (above the IOAPIC's 24 pins)
-//! and one irqfd per device vector.
+//! and one irqfd per device vector. Also the level-triggered INTx lines of
+//! the virtio devices ([`IntxResamplers`]).
 //!
 //! KVM_SET_GSI_ROUTING replaces the whole table, so every update re-sends
 //! the routes KVM installs by default with the in-kernel irqchip (GSI 0..15
@@ -8,10 +9,13 @@
 //! lines would go dead.
 
 use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
 use boot::layout::IOAPIC_PINS;
 use devices::pci::msix::{MsiMessage, MsiVectors};
+use devices::virtio::pci::IntxResample;
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use kvm_bindings::{
     kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
     KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
@@ -190,5 +194,38 @@ mod tests {
         // SAFETY: msi is the active union member for MSI routes.
         let m = unsafe { last.u.msi };
         assert_eq!((m.address_lo, m.address_hi, m.data), (0xfee0_1000, 1, 0x41));
+    }
+}
+
+/// The virtio devices' INTx lines are KVM resample irqfds: KVM lowers a
+/// line at the guest's EOI and signals its resample eventfd; this main-loop
+/// subscriber then lets the device raise the line again while its ISR has
+/// bits set (level-triggered, as PCI INTx is).
+pub struct IntxResamplers {
+    lines: Vec<(EventFd, IntxResample)>,
+}
+
+impl IntxResamplers {
+    /// `lines`: each device's resample eventfd and its transport's handle.
+    pub fn new(lines: Vec<(EventFd, IntxResample)>) -> Self {
+        Self { lines }
+    }
+}
+
+impl MutEventSubscriber for IntxResamplers {
+    fn init(&mut self, ops: &mut EventOps) {
+        for (fd, _) in &self.lines {
+            if let Err(e) = ops.add(Events::new(fd, EventSet::IN)) {
+                log::error!("cannot watch an INTx resample eventfd: {e:?}");
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let fd = events.fd();
+        if let Some((evt, line)) = self.lines.iter().find(|(e, _)| e.as_raw_fd() == fd) {
+            let _ = evt.read();
+            line.line_lowered();
+        }
     }
 }

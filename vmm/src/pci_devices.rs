@@ -12,7 +12,7 @@ use devices::pci::{PciBus, DEVICES_PER_BUS};
 use devices::virtio::blk::{Block, BlockOptions};
 use devices::virtio::net::tap::{Tap, TapError};
 use devices::virtio::net::{Net, NetOptions};
-use devices::virtio::pci::BAR_SIZE;
+use devices::virtio::pci::{IntxResample, BAR_SIZE};
 use devices::virtio::spawn::WorkerSpawner;
 use devices::virtio::VirtioPciDevice;
 use devices::Bus;
@@ -73,6 +73,9 @@ pub struct PciContext<'a> {
     pub bars: &'a mut AddressAllocator,
     /// Starts the devices' I/O threads.
     pub spawner: &'a Arc<dyn WorkerSpawner>,
+    /// Each device's INTx resample eventfd and the handle to serve it with
+    /// (see `interrupts::IntxResamplers`).
+    pub intx_lines: Vec<(EventFd, IntxResample)>,
 }
 
 /// An allocator over the 64-bit MMIO window.
@@ -158,9 +161,12 @@ fn add_virtio(
     let intx_gsi = pci_intx_irq(slot, PIN_A)
         .ok_or(PciDevicesError::NoSlot)?
         .gsi;
+    // Level-triggered: KVM lowers the line at the guest's EOI and tells us
+    // through `resample`, so we can raise it again while work is pending.
     let intx = EventFd::new(libc::EFD_NONBLOCK).map_err(PciDevicesError::EventFd)?;
+    let resample = EventFd::new(libc::EFD_NONBLOCK).map_err(PciDevicesError::EventFd)?;
     ctx.vm
-        .register_irqfd(&intx, intx_gsi)
+        .register_irqfd_with_resample(&intx, &resample, intx_gsi)
         .map_err(|source| PciDevicesError::Kvm {
             what: "registering an INTx irqfd",
             source,
@@ -177,6 +183,7 @@ fn add_virtio(
                 source,
             })?;
     }
+    ctx.intx_lines.push((resample, dev.intx_resample()));
     let dev = Arc::new(Mutex::new(dev));
     ctx.pci
         .add_at(usize::from(slot), dev.clone())

@@ -29,6 +29,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::config::{SerialMode, VmConfig};
 use crate::control::{ExitReason, StopControl};
 use crate::event_loop::{ConsoleInput, Lifecycle};
+use crate::interrupts::IntxResamplers;
 use crate::seccomp::{self, ThreadKind};
 use crate::spawner::{FilteredSpawner, NoWorkers};
 use crate::vcpu;
@@ -210,6 +211,8 @@ struct Platform {
     serial: Arc<Mutex<Serial>>,
     serial_drained: EventFd,
     acpi_pm: Arc<Mutex<AcpiPm>>,
+    /// Served by the main loop (`interrupts::IntxResamplers`).
+    intx_lines: Vec<(EventFd, devices::virtio::pci::IntxResample)>,
 }
 
 fn irq_line(vm: &VmFd, gsi: u32) -> Result<Arc<EventFd>, VmError> {
@@ -286,9 +289,11 @@ fn create_platform(
         router: &router,
         bars: &mut bars,
         spawner,
+        intx_lines: Vec::new(),
     };
     crate::pci_devices::add_disks(&mut pci_ctx, config)?;
     crate::pci_devices::add_nets(&mut pci_ctx, config)?;
+    let intx_lines = std::mem::take(&mut pci_ctx.intx_lines);
     let pci = Arc::new(Mutex::new(pci));
     pio.insert(
         Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
@@ -309,6 +314,7 @@ fn create_platform(
         serial,
         serial_drained,
         acpi_pm,
+        intx_lines,
     })
 }
 
@@ -442,7 +448,7 @@ pub fn run(kvm: &Kvm, config: &VmConfig, console_escape: bool) -> Result<ExitRea
     } else {
         Arc::new(FilteredSpawner::start(config.seccomp).map_err(VmError::Spawner)?)
     };
-    let (platform, vcpu_fds) = std::thread::scope(|scope| {
+    let (mut platform, vcpu_fds) = std::thread::scope(|scope| {
         let registration = std::thread::Builder::new()
             .name("memslots".into())
             .spawn_scoped(scope, || register_memory(&vm, &mem))?;
@@ -465,6 +471,10 @@ pub fn run(kvm: &Kvm, config: &VmConfig, console_escape: bool) -> Result<ExitRea
         GED_EVENT_POWER_BUTTON,
         Duration::from_secs(config.shutdown_timeout_secs),
     )?)));
+    if !platform.intx_lines.is_empty() {
+        let lines = std::mem::take(&mut platform.intx_lines);
+        events.add_subscriber(Arc::new(Mutex::new(IntxResamplers::new(lines))));
+    }
     if config.serial == SerialMode::Stdio {
         events.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(
             platform.serial.clone(),

@@ -131,6 +131,27 @@ impl VirtioInterrupt for InterruptState {
     }
 }
 
+/// Keeps the INTx line up while the ISR has bits set, as a level-triggered
+/// PCI interrupt must be. The VMM registers the line as a KVM resample
+/// irqfd: a trigger raises it, KVM lowers it at the guest's EOI and signals
+/// the resample eventfd, and the VMM then calls [`IntxResample::line_lowered`].
+/// Without this, a completion that arrives after the guest's handler read
+/// the ISR but before its EOI would raise a line the IOAPIC still sees in
+/// service, and the interrupt would be lost for good.
+#[derive(Clone)]
+pub struct IntxResample(Arc<InterruptState>);
+
+impl IntxResample {
+    /// The guest acknowledged the line: raise it again if work is pending.
+    pub fn line_lowered(&self) {
+        if self.0.isr.load(Ordering::SeqCst) != 0 {
+            if let Err(e) = self.0.intx.trigger() {
+                log::warn!("virtio INTx: {e}");
+            }
+        }
+    }
+}
+
 /// A queue's configuration as the driver writes it.
 #[derive(Debug, Clone, Copy)]
 struct QueueConfig {
@@ -242,6 +263,11 @@ impl VirtioPciDevice {
 
     /// For each queue, the guest-physical notify address and the eventfd a
     /// KVM ioeventfd there should signal.
+    /// What the VMM calls when KVM lowers this device's INTx line.
+    pub fn intx_resample(&self) -> IntxResample {
+        IntxResample(self.irq.clone())
+    }
+
     pub fn notify_events(&self) -> Vec<(u64, &EventFd)> {
         self.kicks
             .iter()

@@ -274,6 +274,19 @@ fn interrupts_use_msix_when_enabled_and_intx_otherwise() {
     assert_eq!(r8(&mut r.dev, 0x1000), 1);
     assert_eq!(r8(&mut r.dev, 0x1000), 0);
 
+    // Level semantics: after the guest's EOI the line goes up again only
+    // while the ISR has bits set (a completion raced with the handler).
+    let resample = r.dev.intx_resample();
+    resample.line_lowered();
+    assert_eq!(r.intx.count(), 1, "ISR clear: the line stays down");
+    irq.notify_queue(0);
+    assert_eq!(r.intx.count(), 2);
+    resample.line_lowered();
+    assert_eq!(r.intx.count(), 3, "ISR set: the line goes up again");
+    assert_eq!(r8(&mut r.dev, 0x1000), 1);
+    resample.line_lowered();
+    assert_eq!(r.intx.count(), 3);
+
     // MSI-X on, vector 1 programmed and unmasked.
     r.dev
         .write_config_register(0x40 / 4, 2, &MSIX_CTRL_ENABLE.to_le_bytes());
@@ -282,7 +295,7 @@ fn interrupts_use_msix_when_enabled_and_intx_otherwise() {
     w32(&mut r.dev, 0x4000 + 28, 0);
     irq.notify_queue(0);
     assert_eq!(r.msi.triggers(), vec![1]);
-    assert_eq!(r.intx.count(), 1);
+    assert_eq!(r.intx.count(), 3);
     assert_eq!(r.msi.routes().len(), 1);
     // Queue 1 has no vector: nothing is sent.
     irq.notify_queue(1);
