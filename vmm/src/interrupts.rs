@@ -161,6 +161,39 @@ impl MsiVectors for MsiGroup {
     }
 }
 
+/// The virtio devices' INTx lines are KVM resample irqfds: KVM lowers a
+/// line at the guest's EOI and signals its resample eventfd; this main-loop
+/// subscriber then lets the device raise the line again while its ISR has
+/// bits set (level-triggered, as PCI INTx is).
+pub struct IntxResamplers {
+    lines: Vec<(EventFd, IntxResample)>,
+}
+
+impl IntxResamplers {
+    /// `lines`: each device's resample eventfd and its transport's handle.
+    pub fn new(lines: Vec<(EventFd, IntxResample)>) -> Self {
+        Self { lines }
+    }
+}
+
+impl MutEventSubscriber for IntxResamplers {
+    fn init(&mut self, ops: &mut EventOps) {
+        for (fd, _) in &self.lines {
+            if let Err(e) = ops.add(Events::new(fd, EventSet::IN)) {
+                log::error!("cannot watch an INTx resample eventfd: {e:?}");
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let fd = events.fd();
+        if let Some((evt, line)) = self.lines.iter().find(|(e, _)| e.as_raw_fd() == fd) {
+            let _ = evt.read();
+            line.line_lowered();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,38 +227,5 @@ mod tests {
         // SAFETY: msi is the active union member for MSI routes.
         let m = unsafe { last.u.msi };
         assert_eq!((m.address_lo, m.address_hi, m.data), (0xfee0_1000, 1, 0x41));
-    }
-}
-
-/// The virtio devices' INTx lines are KVM resample irqfds: KVM lowers a
-/// line at the guest's EOI and signals its resample eventfd; this main-loop
-/// subscriber then lets the device raise the line again while its ISR has
-/// bits set (level-triggered, as PCI INTx is).
-pub struct IntxResamplers {
-    lines: Vec<(EventFd, IntxResample)>,
-}
-
-impl IntxResamplers {
-    /// `lines`: each device's resample eventfd and its transport's handle.
-    pub fn new(lines: Vec<(EventFd, IntxResample)>) -> Self {
-        Self { lines }
-    }
-}
-
-impl MutEventSubscriber for IntxResamplers {
-    fn init(&mut self, ops: &mut EventOps) {
-        for (fd, _) in &self.lines {
-            if let Err(e) = ops.add(Events::new(fd, EventSet::IN)) {
-                log::error!("cannot watch an INTx resample eventfd: {e:?}");
-            }
-        }
-    }
-
-    fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        let fd = events.fd();
-        if let Some((evt, line)) = self.lines.iter().find(|(e, _)| e.as_raw_fd() == fd) {
-            let _ = evt.read();
-            line.line_lowered();
-        }
     }
 }
