@@ -127,6 +127,8 @@ fn every_thread_is_filtered_while_the_guest_uses_disk_and_network() {
         "ivmm-spawner",
         "ivmm-blk0-q0",
         "ivmm-blk0-q1",
+        "ivmm-blk0-io0",
+        "ivmm-blk0-io7",
         "ivmm-net0",
     ] {
         assert!(
