@@ -113,6 +113,18 @@ struct Rig {
 /// `i` into `DATA + 512 i`, each through an indirect table (one ring entry
 /// per request), activated and kicked.
 fn rig(size: u16, requests: u16) -> Rig {
+    let (rig, activated) = rig_with(size, requests, spawn::plain());
+    activated.unwrap();
+    rig
+}
+
+/// [`rig`] with the device's threads started by `spawner`; the kick comes
+/// before the activation, so the queue thread finds the requests at once.
+fn rig_with(
+    size: u16,
+    requests: u16,
+    spawner: Arc<dyn WorkerSpawner>,
+) -> (Rig, Result<(), ActivateError>) {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
     let vq = MockSplitQueue::create(&mem, GuestAddress(0), size);
     let mut ring = Vec::new();
@@ -158,21 +170,20 @@ fn rig(size: u16, requests: u16) -> Rig {
             discard: false,
             queues: 1,
         },
-    );
-    block
-        .activate(Activation {
-            mem: mem.clone(),
-            queues: vec![ActiveQueue {
-                index: 0,
-                queue,
-                kick: kick.try_clone().unwrap(),
-            }],
-            interrupt: irq.clone(),
-            features: 0,
-        })
-        .unwrap();
+    )
+    .with_spawner(spawner);
     kick.write(1).unwrap();
-    Rig {
+    let activated = block.activate(Activation {
+        mem: mem.clone(),
+        queues: vec![ActiveQueue {
+            index: 0,
+            queue,
+            kick: kick.try_clone().unwrap(),
+        }],
+        interrupt: irq.clone(),
+        features: 0,
+    });
+    let rig = Rig {
         mem,
         disk,
         irq,
@@ -180,7 +191,8 @@ fn rig(size: u16, requests: u16) -> Rig {
         block,
         vq_used,
         vq_avail,
-    }
+    };
+    (rig, activated)
 }
 
 impl Drop for Rig {
@@ -273,4 +285,50 @@ fn reset_waits_for_requests_in_flight_then_flushes() {
     assert_eq!(r.disk.inner.flushes.load(Ordering::SeqCst), 1);
     assert_eq!(r.disk.early_flushes.load(Ordering::SeqCst), 0);
     opener.join().unwrap();
+}
+
+/// Starts queue threads but no request thread.
+struct NoRequestThreads;
+
+impl WorkerSpawner for NoRequestThreads {
+    fn spawn(
+        &self,
+        name: String,
+        kind: WorkerKind,
+        work: spawn::Work,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        if name.contains("-io") {
+            return Err(std::io::Error::other("no threads left"));
+        }
+        spawn::PlainSpawner.spawn(name, kind, work)
+    }
+}
+
+#[test]
+fn a_half_failed_activation_does_not_hang_the_reset() {
+    // The queue thread starts and hands its requests to a pool whose
+    // threads never started: the reset must still come back.
+    let (mut r, activated) = rig_with(32, 4, Arc::new(NoRequestThreads));
+    assert!(activated.is_err());
+    r.disk.open_gate();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut block = std::mem::replace(
+        &mut r.block,
+        Block::new(
+            r.disk.clone(),
+            BlockOptions {
+                name: "spare".into(),
+                serial: String::new(),
+                discard: false,
+                queues: 1,
+            },
+        ),
+    );
+    std::thread::spawn(move || {
+        block.reset();
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("reset hung on requests no thread will run");
+    assert_eq!(r.disk.started.load(Ordering::SeqCst), 0);
 }

@@ -40,9 +40,9 @@ pub const VIRTIO_BLK_F_WRITE_ZEROES: u32 = 14;
 
 /// Entries per queue.
 pub const QUEUE_SIZE: u16 = 256;
-/// Request threads per device, shared by its queues. QEMU's thread pool
-/// grows to 64; 8 already keeps a queue depth of 32 on a host disk busy
-/// (see `benches/RESULTS.md`) at a fraction of the threads.
+/// Request threads per device, shared by its queues: up to 8 of a guest's
+/// requests reach the host disk at once (QEMU's pool grows to 64 threads;
+/// in the lab, 8 put queue depth 32 at parity with it, `benches/RESULTS.md`).
 pub const REQUEST_THREADS: usize = 8;
 /// Largest discard / write-zeroes segment, in sectors (2 GiB), and segments
 /// per request.
@@ -120,12 +120,14 @@ impl Block {
         self
     }
 
-    /// Stops the queue threads (each waits for its requests in flight and
-    /// flushes the disk), then the request threads.
+    /// Stops the queue threads and the request threads. The request
+    /// threads finish every request handed to them before they exit; each
+    /// queue thread waits for its requests in flight, then flushes the disk.
     fn stop_workers(&mut self) {
         for w in &self.workers {
             let _ = w.stop.write(1);
         }
+        self.pool.stop();
         for mut w in self.workers.drain(..) {
             if let Some(h) = w.handle.take() {
                 if h.join().is_err() {
@@ -133,7 +135,6 @@ impl Block {
                 }
             }
         }
-        self.pool.stop();
     }
 }
 

@@ -111,8 +111,18 @@ struct Shared {
 pub struct Submitter(Arc<Shared>);
 
 impl Submitter {
+    /// Queues `job`. A pool that is stopping takes no more work: the job
+    /// comes back at once as failed (used length 0), so that the queue
+    /// thread, itself about to stop, is not left waiting for it.
     pub fn submit(&self, job: Job) {
-        lock(&self.0.queue).jobs.push_back(job);
+        let mut queue = lock(&self.0.queue);
+        if queue.closed {
+            drop(queue);
+            job.done.push(job.head, 0);
+            return;
+        }
+        queue.jobs.push_back(job);
+        drop(queue);
         self.0.available.notify_one();
     }
 }
@@ -159,7 +169,9 @@ impl RequestPool {
         Ok(())
     }
 
-    /// Lets the threads finish every queued job, then joins them.
+    /// Lets the threads finish every queued job, then joins them. Jobs no
+    /// thread ran (none was started: activation failed half-way) come back
+    /// as failed, so no queue thread waits for them forever.
     pub fn stop(&mut self) {
         lock(&self.shared.queue).closed = true;
         self.shared.available.notify_all();
@@ -167,6 +179,10 @@ impl RequestPool {
             if t.join().is_err() {
                 log::error!("virtio-blk: a request thread panicked");
             }
+        }
+        let left = std::mem::take(&mut lock(&self.shared.queue).jobs);
+        for job in left {
+            job.done.push(job.head, 0);
         }
     }
 }
