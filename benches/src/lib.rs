@@ -300,3 +300,12 @@ fn convert_table(ctx: &Ctx) -> Result<(), String> {
     let _ = std::fs::remove_file(&src);
     Ok(())
 }
+
+/// The median of `v` (the upper one of an even count); NaN when empty.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}

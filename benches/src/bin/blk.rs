@@ -6,24 +6,24 @@
 //! for a fixed time. KVM exits per 4 KiB request come from L1's
 //! `/sys/kernel/debug/kvm/exits`, sampled around a 4 KiB read job (idle timer exits of the
 //! sampling window included). Everything in the nested lab is emulated: read the ratios.
+//! Both VMMs alternate, ROUNDS times, in one L1 boot per image format, so that the L1's
+//! boot-to-boot speed differences do not land on one side; the table gives the median of
+//! the rounds for each VMM and each round's ratio.
 //!
-//! Usage: `cargo run --release -p ivmm-benches --bin blk [-- SECONDS [raw|qcow2]]`
+//! Usage: `cargo run --release -p ivmm-benches --bin blk [-- SECONDS [raw|qcow2|both [ROUNDS]]]`
 //! Needs `fio` installed on the host (`apt-get install fio`) and `mkfs.ext4`.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use ivmm_benches::tool_disk;
+use ivmm_benches::{median, tool_disk};
 use ivmm_tests::{GuestBoot, Lab, Mode, RunOptions};
 
 const MIB: u64 = 1 << 20;
 /// Image size; every job stays inside it.
 const IMAGE_MIB: u64 = 64;
 const EXIT_REQS: u64 = 2048;
-
-/// (image format, VMM, (job, MiB/s) list, KVM exits during the exit-counting job).
-type Row = (String, String, Vec<(String, f64)>, u64);
 
 /// fio jobs: (rw, block size, queue depth).
 const JOBS: [(&str, &str, u32); 6] = [
@@ -57,37 +57,63 @@ fn guest_script(seconds: u32) -> String {
     )
 }
 
-/// L1 side: start the VMM in the background with its console in /tmp/con.log, sample KVM's
-/// exit counter at the guest's markers, wait for it to end.
-fn l1_script(vmm: &str) -> String {
+/// L1 side: define both VMMs as shell functions, then for each round run ivmm and QEMU one
+/// after the other (console in /tmp/con.log), sample KVM's exit counter at the guest's
+/// markers, and print the results with the VMM's name in front. A VMM still running after
+/// 300 s is killed and reported (`<vmm> STALLED` and its console's last lines), so one stuck
+/// run cannot eat the whole L1 timeout unseen.
+fn l1_script(ivmm: &str, qemu: &str, rounds: usize) -> String {
+    let runs = "bench ivmm; bench qemu; ".repeat(rounds);
     format!(
         "mount -t debugfs none /sys/kernel/debug 2>/dev/null\n\
          X=/sys/kernel/debug/kvm/exits\n\
-         {vmm} > /tmp/con.log 2>&1 &\nP=$!\n\
-         w() {{ i=0; until grep -q \"$1\" /tmp/con.log; do i=$((i+1)); [ $i -gt 20000 ] && break; usleep 20000; done; }}\n\
-         w EXITS-BEGIN; A=$(cat $X)\n\
-         w EXITS-END; B=$(cat $X)\n\
-         wait $P; echo VMM-RC=$?\n\
-         grep -E '^FIO|BENCH-DONE' /tmp/con.log\n\
-         echo EXITS $((B-A))\n"
+         w() {{ i=0; until grep -q \"$1\" /tmp/con.log || ! kill -0 $P 2>/dev/null; do i=$((i+1)); [ $i -gt 20000 ] && break; usleep 20000; done; }}\n\
+         vm_ivmm() {{ {ivmm}; }}\n\
+         vm_qemu() {{ {qemu}; }}\n\
+         bench() {{ : > /tmp/con.log; vm_$1 > /tmp/con.log 2>&1 & P=$!\n\
+           ( sleep 300; kill -0 $P 2>/dev/null && {{ echo \"$1 STALLED\"; tail -n 30 /tmp/con.log | sed \"s/^/$1 TAIL /\"; kill -9 $P; }} ) &\n\
+           w EXITS-BEGIN; A=$(cat $X); w EXITS-END; B=$(cat $X)\n\
+           wait $P; echo \"$1 VMM-RC=$?\"\n\
+           grep -E '^FIO|BENCH-DONE' /tmp/con.log | sed \"s/^/$1 /\"\n\
+           echo \"$1 EXITS $((B-A))\"; }}\n\
+         {runs}\n"
     )
 }
 
-fn parse(console: &str) -> Option<(Vec<(String, f64)>, u64)> {
-    let mut jobs = Vec::new();
-    let mut exits = None;
+/// One VMM run: (job, MiB/s) list and KVM exits during the exit-counting job.
+#[derive(Default)]
+struct VmmRun {
+    jobs: Vec<(String, f64)>,
+    exits: u64,
+    done: bool,
+}
+
+/// The completed runs of `vmm` in the L1 console, in order.
+fn parse(console: &str, vmm: &str) -> Vec<VmmRun> {
+    let mut runs = Vec::new();
+    let mut cur = VmmRun::default();
     for line in console.lines().map(str::trim) {
-        if let Some(fio) = line.strip_prefix("FIO ") {
+        let Some(rest) = line.strip_prefix(vmm).and_then(|l| l.strip_prefix(' ')) else {
+            continue;
+        };
+        if let Some(fio) = rest.strip_prefix("FIO ") {
             let f: Vec<&str> = fio.split(';').collect();
             if let [name, read, write] = f.as_slice() {
-                let kib: f64 = read.parse::<f64>().ok()? + write.parse::<f64>().ok()?;
-                jobs.push((name.to_string(), kib / 1024.0));
+                if let (Ok(r), Ok(w)) = (read.parse::<f64>(), write.parse::<f64>()) {
+                    cur.jobs.push((name.to_string(), (r + w) / 1024.0));
+                }
             }
-        } else if let Some(n) = line.strip_prefix("EXITS ") {
-            exits = n.trim().parse().ok();
+        } else if rest == "BENCH-DONE" {
+            cur.done = true;
+        } else if let Some(n) = rest.strip_prefix("EXITS ") {
+            cur.exits = n.trim().parse().unwrap_or(0);
+            let run = std::mem::take(&mut cur);
+            if run.done && !run.jobs.is_empty() {
+                runs.push(run);
+            }
         }
     }
-    Some((jobs, exits?))
+    runs
 }
 
 fn qemu_img(args: &[&str]) {
@@ -147,9 +173,19 @@ fn main() {
         }
     };
     let qemu = "/usr/bin/qemu-system-x86_64";
+    let only = std::env::args().nth(2).filter(|o| o != "both");
+    let rounds: usize = std::env::args()
+        .nth(3)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(2);
 
-    let mut rows: Vec<Row> = Vec::new();
-    let only = std::env::args().nth(2);
+    println!(
+        "fio, {seconds} s per job, O_DIRECT, libaio, {IMAGE_MIB} MiB images, 2 vCPUs, 512 MiB, \
+         {rounds} alternating rounds per L1 boot ({:?} lab)",
+        lab.mode()
+    );
+    println!("| image | job | ivmm MiB/s (median) | QEMU MiB/s (median) | ivmm/QEMU | per round |");
+    println!("|---|---|---:|---:|---:|---|");
     for (format, image) in [("raw", &raw), ("qcow2", &qcow)] {
         if only.as_deref().is_some_and(|o| o != format) {
             continue;
@@ -166,53 +202,70 @@ fn main() {
              -device virtio-blk-pci,drive=d0,num-queues=2 \
              -drive file={{disk1}},if=virtio,format=raw,readonly=on"
         );
-        for (vmm, script) in [("ivmm", ivmm), ("qemu", qemu_cmd)] {
-            // `{ivmm}` in a script makes the harness carry ivmm and its libraries.
-            let opts = RunOptions::new()
-                .disk(image.as_path())
-                .disk(tools.as_path())
-                .host_binary(qemu)
-                .host_file("/usr/share/seabios/bios-256k.bin")
-                .host_file("/usr/share/qemu/linuxboot_dma.bin")
-                .host_file("/usr/share/qemu/kvmvapic.bin")
-                .timeout(Duration::from_secs(900));
-            match lab.run_shell(&l1_script(&script), opts) {
-                Ok(out) => match parse(&out.console) {
-                    Some((jobs, exits))
-                        if !jobs.is_empty() && out.console.contains("BENCH-DONE") =>
-                    {
-                        rows.push((format.into(), vmm.into(), jobs, exits))
-                    }
-                    _ => eprintln!("{vmm} {format}: no results:\n{}", out.console),
-                },
-                Err(e) => eprintln!("{vmm} {format}: {e}"),
+        // `{ivmm}` in a script makes the harness carry ivmm and its libraries.
+        let opts = RunOptions::new()
+            .disk(image.as_path())
+            .disk(tools.as_path())
+            .host_binary(qemu)
+            .host_file("/usr/share/seabios/bios-256k.bin")
+            .host_file("/usr/share/qemu/linuxboot_dma.bin")
+            .host_file("/usr/share/qemu/kvmvapic.bin")
+            .timeout(Duration::from_secs(300 + 600 * rounds as u64));
+        let console = match lab.run_shell(&l1_script(&ivmm, &qemu_cmd, rounds), opts) {
+            Ok(out) => out.console,
+            Err(e) => {
+                eprintln!("{format}: {e}");
+                continue;
             }
+        };
+        for line in console
+            .lines()
+            .filter(|l| l.contains(" STALLED") || l.contains(" TAIL "))
+        {
+            eprintln!("{format}: {line}");
         }
+        let (mine, peer) = (parse(&console, "ivmm"), parse(&console, "qemu"));
+        if mine.is_empty() || peer.is_empty() {
+            eprintln!("{format}: no results:\n{console}");
+            continue;
+        }
+        print_rows(format, &mine, &peer);
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
 
-    println!("fio, {seconds} s per job, O_DIRECT, libaio, {IMAGE_MIB} MiB images, 2 vCPUs, 512 MiB ({:?} lab)", lab.mode());
-    println!("| image | job | ivmm MiB/s | QEMU MiB/s | ivmm/QEMU |");
-    println!("|---|---|---|---|---|");
-    for format in ["raw", "qcow2"] {
-        let find = |vmm: &str| rows.iter().find(|r| r.0 == format && r.1 == vmm);
-        let (Some(i), Some(q)) = (find("ivmm"), find("qemu")) else {
-            continue;
-        };
-        for (job, mbs) in &i.2 {
-            let peer = q.2.iter().find(|(j, _)| j == job).map_or(0.0, |(_, v)| *v);
-            println!(
-                "| {format} | {job} | {mbs:.1} | {peer:.1} | {:.2} |",
-                if peer > 0.0 { mbs / peer } else { 0.0 }
-            );
-        }
+/// One table row per job: medians over the rounds, their ratio, and each round's ratio
+/// (ivmm's round k against QEMU's round k, which ran right after it).
+fn print_rows(format: &str, mine: &[VmmRun], peer: &[VmmRun]) {
+    let value = |run: &VmmRun, job: &str| run.jobs.iter().find(|(j, _)| j == job).map(|(_, v)| *v);
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+    for (job, _) in &mine[0].jobs {
+        let a: Vec<f64> = mine.iter().filter_map(|r| value(r, job)).collect();
+        let b: Vec<f64> = peer.iter().filter_map(|r| value(r, job)).collect();
+        let rounds: Vec<String> = mine
+            .iter()
+            .zip(peer)
+            .filter_map(|(m, p)| Some(format!("{:.2}", ratio(value(m, job)?, value(p, job)?))))
+            .collect();
+        let (ma, mb) = (median(a), median(b));
         println!(
-            "| {format} | KVM exits per 4 KiB read ({EXIT_REQS} reads + ~2 s idle) | {:.2} | {:.2} | {:.2} |",
-            i.3 as f64 / EXIT_REQS as f64,
-            q.3 as f64 / EXIT_REQS as f64,
-            i.3 as f64 / q.3.max(1) as f64
+            "| {format} | {job} | {ma:.1} | {mb:.1} | {:.2} | {} |",
+            ratio(ma, mb),
+            rounds.join(" ")
         );
     }
+    let per_read = |runs: &[VmmRun]| {
+        median(
+            runs.iter()
+                .map(|r| r.exits as f64 / EXIT_REQS as f64)
+                .collect(),
+        )
+    };
+    let (ea, eb) = (per_read(mine), per_read(peer));
+    println!(
+        "| {format} | KVM exits per 4 KiB read ({EXIT_REQS} reads + ~2 s idle) | {ea:.2} | {eb:.2} | {:.2} | |",
+        ratio(ea, eb)
+    );
 }
 
 fn s(p: &Path) -> &str {

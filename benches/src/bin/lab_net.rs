@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use ivmm_benches::tool_disk;
+use ivmm_benches::{median, tool_disk};
 use ivmm_tests::{GuestBoot, Lab, Mode, RunOptions};
 
 const IPERF3: &str = "/usr/bin/iperf3";
@@ -46,14 +46,6 @@ fn parse(line: &str) -> Option<f64> {
     let words: Vec<&str> = line.split_whitespace().collect();
     let at = words.iter().position(|w| *w == "Mbits/sec")?;
     words.get(at.checked_sub(1)?)?.parse().ok()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn main() {
