@@ -44,6 +44,41 @@ impl Interrupt for CountingInterrupt {
     }
 }
 
+/// Counts a virtio device's queue interrupts, per queue.
+#[derive(Default)]
+pub struct QueueInterrupts(Mutex<std::collections::BTreeMap<u16, usize>>);
+
+impl QueueInterrupts {
+    /// Interrupts raised for `queue` so far.
+    pub fn count(&self, queue: u16) -> usize {
+        self.0
+            .lock()
+            .map_or(0, |m| m.get(&queue).copied().unwrap_or(0))
+    }
+}
+
+impl crate::virtio::VirtioInterrupt for QueueInterrupts {
+    fn notify_queue(&self, queue: u16) {
+        if let Ok(mut m) = self.0.lock() {
+            *m.entry(queue).or_default() += 1;
+        }
+    }
+    fn notify_config(&self) {}
+}
+
+/// Polls `cond` every 2 ms until it holds; fails the test after `limit`.
+/// For tests that watch a device's own threads.
+pub fn wait_until(what: &str, limit: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
 /// Records MSI-X routes and triggers.
 #[derive(Default)]
 pub struct RecordingMsi {

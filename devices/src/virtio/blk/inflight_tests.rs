@@ -12,7 +12,7 @@ use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Address, GuestAddress, VolatileSlice};
 
 use super::*;
-use crate::testing::{chain, MemDisk};
+use crate::testing::{chain, wait_until, MemDisk, QueueInterrupts};
 
 const HDR: u64 = 0x10_0000;
 const DATA: u64 = 0x20_0000;
@@ -89,20 +89,10 @@ impl DiskBackend for GatedDisk {
     }
 }
 
-#[derive(Default)]
-struct CountingIrq(AtomicUsize);
-
-impl VirtioInterrupt for CountingIrq {
-    fn notify_queue(&self, _queue: u16) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-    fn notify_config(&self) {}
-}
-
 struct Rig {
     mem: GuestMemoryMmap,
     disk: Arc<GatedDisk>,
-    irq: Arc<CountingIrq>,
+    irq: Arc<QueueInterrupts>,
     kick: EventFd,
     block: Block,
     vq_used: GuestAddress,
@@ -160,7 +150,7 @@ fn rig_with(
     queue.try_set_used_ring_address(vq_used).unwrap();
     queue.set_ready(true);
     let disk = Arc::new(GatedDisk::new());
-    let irq = Arc::new(CountingIrq::default());
+    let irq = Arc::new(QueueInterrupts::default());
     let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let mut block = Block::new(
         disk.clone(),
@@ -209,25 +199,22 @@ impl Rig {
     }
 }
 
-fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+/// Waits for the device's threads (10 s at most).
+fn wait(what: &str, cond: impl FnMut() -> bool) {
+    wait_until(what, Duration::from_secs(10), cond);
 }
 
 #[test]
 fn pending_requests_reach_the_disk_at_once_and_all_complete() {
     let n = REQUEST_THREADS as u16;
     let r = rig(32, n);
-    wait_until("every read is at the disk", || {
+    wait("every read is at the disk", || {
         r.disk.most_running.load(Ordering::SeqCst) == REQUEST_THREADS
     });
     assert_eq!(r.used_idx(), 0, "nothing completes while the disk holds");
     r.disk.open_gate();
-    wait_until("every request is used", || r.used_idx() == n);
-    assert!(r.irq.0.load(Ordering::SeqCst) >= 1);
+    wait("every request is used", || r.used_idx() == n);
+    assert!(r.irq.count(0) >= 1);
     let disk = r.disk.inner.bytes.lock().unwrap().clone();
     for i in 0..u64::from(n) {
         let status: u8 = r.mem.read_obj(GuestAddress(STATUS + i)).unwrap();
@@ -247,7 +234,7 @@ fn a_driver_cannot_have_more_than_a_queue_in_flight() {
     // same four heads again before any came back. The device must wait
     // for room although it has threads to spare.
     let r = rig(4, 4);
-    wait_until("four reads are at the disk", || {
+    wait("four reads are at the disk", || {
         r.disk.started.load(Ordering::SeqCst) == 4
     });
     for i in 0..4u64 {
@@ -260,14 +247,14 @@ fn a_driver_cannot_have_more_than_a_queue_in_flight() {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(r.disk.started.load(Ordering::SeqCst), 4);
     r.disk.open_gate();
-    wait_until("the re-posted heads are served", || r.used_idx() == 8);
+    wait("the re-posted heads are served", || r.used_idx() == 8);
     assert_eq!(r.disk.started.load(Ordering::SeqCst), 8);
 }
 
 #[test]
 fn reset_waits_for_requests_in_flight_then_flushes() {
     let mut r = rig(32, 4);
-    wait_until("four reads are at the disk", || {
+    wait("four reads are at the disk", || {
         r.disk.started.load(Ordering::SeqCst) == 4
     });
     let disk = r.disk.clone();

@@ -2,8 +2,8 @@
 //! with a Unix datagram socket in place of the TAP, without a VM.
 
 use std::os::unix::net::UnixDatagram;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
@@ -11,7 +11,7 @@ use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::rxtx::RxResult;
 use super::*;
-use crate::testing::{chain, SocketNet, F_NEXT, F_WRITE};
+use crate::testing::{chain, wait_until, QueueInterrupts, SocketNet, F_NEXT, F_WRITE};
 
 const MEM_SIZE: usize = 0x40_0000;
 const RXQ: u64 = 0;
@@ -597,26 +597,8 @@ fn config_space_has_mac_and_link_up_and_features_are_offered() {
 
 // ------------------------------------------------------- the I/O thread
 
-#[derive(Default)]
-struct QueueIrqs(AtomicUsize, AtomicUsize);
-
-impl VirtioInterrupt for QueueIrqs {
-    fn notify_queue(&self, queue: u16) {
-        if queue == RX_QUEUE {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        } else {
-            self.1.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-    fn notify_config(&self) {}
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+fn wait_for(what: &str, cond: impl FnMut() -> bool) {
+    wait_until(what, Duration::from_secs(5), cond);
 }
 
 #[test]
@@ -634,7 +616,7 @@ fn io_thread_moves_frames_both_ways_and_does_not_spin_without_buffers() {
     let txq = MockSplitQueue::create(&mem, GuestAddress(TXQ), QSIZE);
     let rx_kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let tx_kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-    let irqs = Arc::new(QueueIrqs::default());
+    let irqs = Arc::new(QueueInterrupts::default());
     let features = net.features() | 1 << VIRTIO_F_VERSION_1;
     let features = features & !(1 << VIRTIO_F_RING_EVENT_IDX);
     net.activate(Activation {
@@ -690,7 +672,7 @@ fn io_thread_moves_frames_both_ways_and_does_not_spin_without_buffers() {
     });
     assert_eq!(used_lens(&mem, &rxq), vec![112, 22]);
     assert_eq!(bytes(&mem, BUF, 112), with_num_buffers(f, 1));
-    wait_for("a receive interrupt", || irqs.0.load(Ordering::SeqCst) >= 1);
+    wait_for("a receive interrupt", || irqs.count(RX_QUEUE) >= 1);
 
     // Transmit: a kick sends the frame to the backend.
     let out = frame(64, 9);
@@ -703,9 +685,7 @@ fn io_thread_moves_frames_both_ways_and_does_not_spin_without_buffers() {
     let mut buf = vec![0u8; 256];
     let n = peer.recv(&mut buf).unwrap();
     assert_eq!(buf[..n], out[..]);
-    wait_for("a transmit interrupt", || {
-        irqs.1.load(Ordering::SeqCst) >= 1
-    });
+    wait_for("a transmit interrupt", || irqs.count(TX_QUEUE) >= 1);
 
     // Reset stops the thread; the device can be dropped.
     net.reset();
@@ -731,7 +711,7 @@ fn activation_without_both_queues_fails() {
                 queue: rxq.create_queue().unwrap(),
                 kick: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
             }],
-            interrupt: Arc::new(QueueIrqs::default()),
+            interrupt: Arc::new(QueueInterrupts::default()),
             features: 0,
         })
         .expect_err("activation must fail");
