@@ -6,7 +6,9 @@
 //! thread rather than one for the VMM, so that a disk stalled on the host
 //! never delays the console, another queue or another device.
 
-use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use std::os::fd::RawFd;
+
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 
 /// A device I/O thread's state.
 pub trait DeviceWorker: MutEventSubscriber {
@@ -39,4 +41,17 @@ pub fn run<W: DeviceWorker>(name: &str, worker: W) -> Option<W> {
         }
     }
     events.remove_subscriber(id).ok()
+}
+
+/// Watches `fds` for input, in a worker's `init`. On the first fd that
+/// cannot be added it logs why and returns false: the worker should then
+/// count itself stopped, since it would miss its kicks or its stop.
+pub fn watch(ops: &mut EventOps, name: &str, fds: &[RawFd]) -> bool {
+    for &fd in fds {
+        if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
+            log::error!("{name}: cannot watch fd {fd}: {e}");
+            return false;
+        }
+    }
+    true
 }

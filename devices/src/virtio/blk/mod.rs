@@ -16,7 +16,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -275,16 +275,14 @@ struct QueueWorker {
 
 impl MutEventSubscriber for QueueWorker {
     fn init(&mut self, ops: &mut EventOps) {
-        for fd in [
+        let fds = [
             self.kick.as_raw_fd(),
             self.stop.as_raw_fd(),
             self.done.ready.as_raw_fd(),
-        ] {
-            if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
-                log::error!("virtio-blk queue {}: cannot watch fd {fd}: {e}", self.index);
-                self.stopped = true;
-                return;
-            }
+        ];
+        if !worker::watch(ops, &self.name(), &fds) {
+            self.stopped = true;
+            return;
         }
         // Requests queued before the first kick (none, normally).
         self.serve();
@@ -317,8 +315,13 @@ impl DeviceWorker for QueueWorker {
 }
 
 impl QueueWorker {
+    /// How log lines name this queue.
+    fn name(&self) -> String {
+        format!("virtio-blk queue {}", self.index)
+    }
+
     fn run(self) {
-        let name = format!("virtio-blk queue {}", self.index);
+        let name = self.name();
         let Some(mut worker) = worker::run(&name, self) else {
             return;
         };

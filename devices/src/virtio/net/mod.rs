@@ -300,16 +300,14 @@ struct NetWorker {
 
 impl MutEventSubscriber for NetWorker {
     fn init(&mut self, ops: &mut EventOps) {
-        for fd in [
+        let fds = [
             self.rx_kick.as_raw_fd(),
             self.tx_kick.as_raw_fd(),
             self.stop.as_raw_fd(),
-        ] {
-            if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
-                log::error!("{}: cannot watch fd {fd}: {e}", self.name);
-                self.stopped = true;
-                return;
-            }
+        ];
+        if !worker::watch(ops, &self.name, &fds) {
+            self.stopped = true;
+            return;
         }
         // Whatever the driver queued before its first kick; this also
         // starts polling the backend.
