@@ -342,55 +342,40 @@ impl QueueWorker {
     /// is in flight it runs here, sparing a queue-depth-1 request two
     /// thread hand-offs.
     fn serve(&mut self) {
-        let ctx = self.ctx.clone();
-        let mem = &ctx.mem;
         let room = usize::from(self.queue.size());
+        let (in_flight, pool, done) = (&mut self.in_flight, &self.pool, &self.done);
         let mut held: Option<(u16, Vec<Desc>, bool)> = None;
-        let popped = (|| -> Result<(), virtio_queue::Error> {
-            loop {
-                check_avail_index(&self.queue, mem)?;
-                self.queue.disable_notification(mem)?;
-                while self.in_flight + usize::from(held.is_some()) < room {
-                    let Some(chain) = self.queue.pop_descriptor_chain(mem) else {
-                        break;
-                    };
-                    let head = chain.head_index();
-                    let (descs, complete) = collect_chain(chain);
-                    if held.is_none() && self.in_flight == 0 {
-                        held = Some((head, descs, complete));
-                        continue;
+        let popped = pop_chains(
+            &mut self.queue,
+            &self.ctx.mem,
+            *in_flight < room,
+            |_, head, descs, complete| {
+                if held.is_none() && *in_flight == 0 {
+                    held = Some((head, descs, complete));
+                } else {
+                    let first = held.take();
+                    for (head, descs, complete) in
+                        first.into_iter().chain([(head, descs, complete)])
+                    {
+                        *in_flight += 1;
+                        pool.submit(Job {
+                            head,
+                            descs,
+                            complete,
+                            done: done.clone(),
+                        });
                     }
-                    if let Some((head, descs, complete)) = held.take() {
-                        self.submit(head, descs, complete);
-                    }
-                    self.submit(head, descs, complete);
                 }
-                if self.in_flight + usize::from(held.is_some()) >= room {
-                    // Completions wake us; notifications stay off meanwhile.
-                    return Ok(());
-                }
-                if !self.queue.enable_notification(mem)? {
-                    return Ok(());
-                }
-            }
-        })();
+                Ok(*in_flight + usize::from(held.is_some()) < room)
+            },
+        );
         if let Err(e) = popped {
-            log::error!("virtio-blk queue {}: {e}", self.index);
+            log::error!("{}: {e}", self.name());
         }
         if let Some((head, descs, complete)) = held {
             let len = self.ctx.run(&descs, complete);
             self.put_used(&[(head, len)]);
         }
-    }
-
-    fn submit(&mut self, head: u16, descs: Vec<Desc>, complete: bool) {
-        self.in_flight += 1;
-        self.pool.submit(Job {
-            head,
-            descs,
-            complete,
-            done: self.done.clone(),
-        });
     }
 
     fn complete(&mut self) {
@@ -412,7 +397,7 @@ impl QueueWorker {
         match added.and_then(|()| self.queue.needs_notification(mem)) {
             Ok(true) => self.interrupt.notify_queue(self.index),
             Ok(false) => {}
-            Err(e) => log::error!("virtio-blk queue {}: {e}", self.index),
+            Err(e) => log::error!("{}: {e}", self.name()),
         }
     }
 }
@@ -466,8 +451,39 @@ pub fn handle_chain(
     }
 }
 
-/// Serves every available chain of `queue`. Returns whether the driver
-/// wants an interrupt (event-index aware).
+/// Pops the chains the driver made available and hands each to `take`
+/// (with the queue, for its used ring), which returns whether there is
+/// room for another; `room` says whether there is room for the first.
+/// Notifications stay off while popping. When the ring runs empty they are
+/// re-enabled and the ring checked once more (a chain published meanwhile
+/// is not missed); when there is no room they stay off, and the caller is
+/// woken by its completions instead of by kicks.
+fn pop_chains(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    mut room: bool,
+    mut take: impl FnMut(&mut Queue, u16, Vec<Desc>, bool) -> Result<bool, virtio_queue::Error>,
+) -> Result<(), virtio_queue::Error> {
+    loop {
+        check_avail_index(queue, mem)?;
+        queue.disable_notification(mem)?;
+        while room {
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            let (descs, complete) = collect_chain(chain);
+            room = take(queue, head, descs, complete)?;
+        }
+        if !room || !queue.enable_notification(mem)? {
+            return Ok(());
+        }
+    }
+}
+
+/// Serves every available chain of `queue` on the calling thread (tests
+/// and fuzzing; the device's queue thread shares [`pop_chains`] with it).
+/// Returns whether the driver wants an interrupt (event-index aware).
 pub fn process_queue(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
@@ -476,20 +492,12 @@ pub fn process_queue(
     serial: &[u8; VIRTIO_BLK_ID_BYTES],
 ) -> Result<bool, virtio_queue::Error> {
     let mut used_any = false;
-    loop {
-        check_avail_index(queue, mem)?;
-        queue.disable_notification(mem)?;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            let (descs, complete) = collect_chain(chain);
-            let len = handle_chain(&descs, complete, mem, disk, limits, serial);
-            queue.add_used(mem, head, len)?;
-            used_any = true;
-        }
-        if !queue.enable_notification(mem)? {
-            break;
-        }
-    }
+    pop_chains(queue, mem, true, |queue, head, descs, complete| {
+        let len = handle_chain(&descs, complete, mem, disk, limits, serial);
+        queue.add_used(mem, head, len)?;
+        used_any = true;
+        Ok(true)
+    })?;
     Ok(used_any && queue.needs_notification(mem)?)
 }
 
