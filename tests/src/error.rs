@@ -37,11 +37,13 @@ pub enum LabError {
     #[error("L1 ended without reporting LAB-EXIT (QEMU {status}); L1 log tail:\n{log}")]
     L1Died { status: String, log: String },
     /// The run did not finish in time; the QEMU or ivmm process was killed.
-    #[error("timed out after {after:?} while {phase}; output tail:\n{log}")]
+    #[error("timed out after {after:?} while {phase}; output tail:\n{log}\n{diagnosis}")]
     Timeout {
         after: Duration,
         phase: &'static str,
         log: String,
+        /// What the run could still find out before the kill (the L1 vCPUs' state).
+        diagnosis: String,
     },
     /// The guest kernel stopped (halt, power-off or restart message) but ivmm kept running.
     #[error("the guest kernel stopped but ivmm was still running {grace:?} later (killed; \"System halted\" instead of \"Power down\" means the guest found no ACPI power-off); console tail:\n{console}")]

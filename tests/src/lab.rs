@@ -13,6 +13,7 @@ use crate::cpio::CpioWriter;
 use crate::error::{tail, LabError, Result};
 use crate::guest::GuestBoot;
 use crate::host::{self, LabLock, TempDir};
+use crate::monitor;
 use crate::outcome::{normalize_console, timed_lines, LabOutcome};
 use crate::runner::{self, Framing, RunSpec, StdinStep, Trigger, MARK_RUN_EXIT, MARK_RUN_START};
 
@@ -427,6 +428,7 @@ impl Lab {
             passthrough: false,
             merge_stderr: true,
             guest_end_grace: opts.guest_end_grace(job),
+            diagnose: None,
         };
         let raw = runner::run(cmd, job.name(), &spec)?;
         let chunks: Vec<(usize, Duration)> = raw
@@ -545,6 +547,14 @@ impl Lab {
             .arg("-initrd")
             .arg(&initrd)
             .args(["-append", L1_CMDLINE]);
+        // The monitor serves only the timeout report (the interactive lab has it on stdio).
+        let monitor = tmp.path().join("l1-monitor.sock");
+        if !interactive {
+            let mut spec = std::ffi::OsString::from("unix:");
+            spec.push(monitor.as_os_str());
+            spec.push(",server=on,wait=off");
+            cmd.arg("-monitor").arg(spec);
+        }
         let mut guest_disk = std::ffi::OsString::from("if=virtio,format=raw,readonly=on,file=");
         guest_disk.push(self.fixtures.guest_disk.as_os_str());
         cmd.arg("-drive").arg(guest_disk);
@@ -585,6 +595,12 @@ impl Lab {
             passthrough: interactive,
             merge_stderr: false,
             guest_end_grace: opts.guest_end_grace(job),
+            diagnose: Some(&|| {
+                format!(
+                    "L1 vCPUs at the timeout:\n{}",
+                    monitor::vcpu_state(&monitor)
+                )
+            }),
         };
         let raw = runner::run(cmd, "qemu-system-x86_64 (L1)", &spec)?;
         nested_outcome(&raw)

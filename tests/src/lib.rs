@@ -20,6 +20,7 @@ mod error;
 mod guest;
 mod host;
 mod lab;
+mod monitor;
 mod outcome;
 mod runner;
 

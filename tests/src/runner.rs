@@ -157,6 +157,8 @@ pub(crate) struct RunSpec<'a> {
     /// Once the guest kernel printed that it halted/powered off/restarted, ivmm must exit
     /// within this time, or the run fails at once instead of at the timeout.
     pub guest_end_grace: Option<Duration>,
+    /// Called at a timeout before the kill; its text goes into the error.
+    pub diagnose: Option<&'a dyn Fn() -> String>,
 }
 
 /// Spawns `cmd` (stdout/stderr must be piped, stdin piped iff `spec.stdin` is not empty) and
@@ -242,6 +244,7 @@ pub(crate) fn run(mut cmd: Command, what: &str, spec: &RunSpec<'_>) -> Result<Ra
         }
         if let (Some(deadline), Some(timeout)) = (deadline, spec.timeout) {
             if Instant::now() >= deadline {
+                let diagnosis = spec.diagnose.map(|d| d()).unwrap_or_default();
                 guard.kill();
                 let mut log = String::from_utf8_lossy(&state.out).into_owned();
                 log.push_str(&noise_free(&String::from_utf8_lossy(&state.err)));
@@ -249,6 +252,7 @@ pub(crate) fn run(mut cmd: Command, what: &str, spec: &RunSpec<'_>) -> Result<Ra
                     after: timeout,
                     phase: state.phase,
                     log: tail(&log, 60),
+                    diagnosis,
                 });
             }
         }
@@ -452,6 +456,7 @@ mod tests {
             passthrough: false,
             merge_stderr: true,
             guest_end_grace: None,
+            diagnose: None,
         };
         let cmd = sh("echo out; echo err >&2; exit 3");
         let raw = run(cmd, "sh", &spec).expect("runs");
@@ -479,6 +484,7 @@ mod tests {
             passthrough: false,
             merge_stderr: true,
             guest_end_grace: None,
+            diagnose: None,
         };
         let mut cmd = sh("printf 'ready>'; read a; read b; echo \"got $a $b\"");
         cmd.stdin(Stdio::piped());
@@ -495,6 +501,7 @@ mod tests {
             passthrough: false,
             merge_stderr: true,
             guest_end_grace: Some(Duration::from_millis(300)),
+            diagnose: None,
         };
         let started = Instant::now();
         let err = run(
@@ -519,10 +526,14 @@ mod tests {
             passthrough: false,
             merge_stderr: true,
             guest_end_grace: None,
+            diagnose: Some(&|| "vCPUs: stuck".to_string()),
         };
         let started = Instant::now();
         let err = run(sh("echo started; exec sleep 30"), "sh", &spec).err();
-        assert!(matches!(err, Some(LabError::Timeout { .. })), "{err:?}");
+        assert!(
+            matches!(&err, Some(LabError::Timeout { diagnosis, .. }) if diagnosis == "vCPUs: stuck"),
+            "{err:?}"
+        );
         assert!(started.elapsed() < Duration::from_secs(10));
     }
 }
