@@ -17,8 +17,49 @@ pub(super) struct PreparedCluster {
     pub set_mapping: Option<(usize, Option<PendingClusters>)>,
 }
 
+/// Copy-on-write whose source cannot change under it (zeroes, or the read-only backing image),
+/// so it can run after the L2 table has been unlocked (ivmm patch): see
+/// [`Qcow2::prepare_cow_cluster()`].
+pub(super) enum DeferredCow {
+    /// Fill the cluster with zeroes (except `skip`).
+    Zero {
+        /// New cluster.
+        to: HostCluster,
+        /// In-cluster range that is about to be overwritten anyway.
+        skip: Option<Range<usize>>,
+    },
+
+    /// Copy the cluster's data from the backing image (except `skip`).
+    Backing {
+        /// Offset of the guest cluster in the backing image.
+        from_offset: u64,
+        /// New cluster.
+        to: HostCluster,
+        /// In-cluster range that is about to be overwritten anyway.
+        skip: Option<Range<usize>>,
+    },
+}
+
 #[maybe_async]
 impl<S: Storage, F: WrappedFormat<S>> Qcow2<S, F> {
+    /// Run a copy-on-write that [`Qcow2::prepare_cow_cluster()`] deferred.
+    ///
+    /// Must run before the data write into the new cluster: the range it fills may include the
+    /// range to be written.
+    pub(super) async fn run_deferred_cow(&self, cow: DeferredCow) -> io::Result<()> {
+        match cow {
+            DeferredCow::Zero { to, skip } => self.cow_zero(to, skip).await,
+            DeferredCow::Backing {
+                from_offset,
+                to,
+                skip,
+            } => match self.backing.as_ref() {
+                Some(backing) => self.cow_copy_format(backing, from_offset, to, skip).await,
+                None => self.cow_zero(to, skip).await,
+            },
+        }
+    }
+
     /// Do copy-on-write for the given guest cluster, if necessary, without changing the L2 table
     /// yet.
     ///
@@ -43,6 +84,12 @@ impl<S: Storage, F: WrappedFormat<S>> Qcow2<S, F> {
     ///
     /// `l2_table` is the L2 table for `offset`.
     ///
+    /// (ivmm patch) Copying from zeroes or from the backing image is not done here but entered
+    /// into `deferred`, for the caller to run with [`Qcow2::run_deferred_cow()`] once it has
+    /// unlocked the L2 table (and before it writes the data).  Copying from this image's own
+    /// clusters (shared or compressed) is done here, under the lock, because those clusters
+    /// may be freed once the L2 table is unlocked.
+    ///
     /// Return the mapping into which to write, which may be a newly allocated cluster or the old
     /// cluster incase it was already safe to write to.  If the mapping requires an L2 entry to be
     /// changed, this function does not do so, but leaves it to the caller to pass the returned
@@ -55,6 +102,7 @@ impl<S: Storage, F: WrappedFormat<S>> Qcow2<S, F> {
         mandatory_host_cluster: Option<HostCluster>,
         partial_skip_cow: Option<Range<usize>>,
         l2_table: &L2TableWriteGuard,
+        deferred: &mut Vec<DeferredCow>,
     ) -> io::Result<Option<PreparedCluster>> {
         // No need to do COW when writing the full cluster
         let full_skip_cow = if let Some(skip) = partial_skip_cow.as_ref() {
@@ -131,19 +179,19 @@ impl<S: Storage, F: WrappedFormat<S>> Qcow2<S, F> {
                     .await?
                 }
 
-                L2Mapping::Backing { backing_offset } => {
-                    if let Some(backing) = self.backing.as_ref() {
-                        self.cow_copy_format(backing, backing_offset, new_cluster, partial_skip_cow)
-                            .await?
-                    } else {
-                        self.cow_zero(new_cluster, partial_skip_cow).await?
-                    }
-                }
+                L2Mapping::Backing { backing_offset } => deferred.push(DeferredCow::Backing {
+                    from_offset: backing_offset,
+                    to: new_cluster,
+                    skip: partial_skip_cow,
+                }),
 
                 L2Mapping::Zero {
                     host_cluster: _,
                     copied: _,
-                } => self.cow_zero(new_cluster, partial_skip_cow).await?,
+                } => deferred.push(DeferredCow::Zero {
+                    to: new_cluster,
+                    skip: partial_skip_cow,
+                }),
 
                 L2Mapping::Compressed {
                     host_offset: _,

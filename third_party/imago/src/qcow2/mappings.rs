@@ -1,5 +1,7 @@
 //! Get and establish cluster mappings.
 
+use super::cow::DeferredCow;
+use super::in_flight::{InFlightCheck, InFlightGuard};
 use super::*;
 use crate::sync_primitives::RwLockWriteGuard;
 
@@ -105,8 +107,10 @@ impl<S: Storage, F: WrappedFormat<S>> Qcow2<S, F> {
     ///
     /// Return the host offset to write the data to, the length that could be mapped, and, unless
     /// the whole returned range is mapped to that host offset already, the state to pass to
-    /// [`Qcow2::do_commit_data_mapping()`] to make the mapping visible.  That state keeps the L2
-    /// table locked for modifications; dropping it frees the clusters allocated for the mapping.
+    /// [`Qcow2::do_commit_data_mapping()`] to make the mapping visible.  That state keeps the
+    /// guest clusters registered as in flight (see [`in_flight`](super::in_flight)), so nobody
+    /// else prepares a mapping for them until it is committed or dropped; dropping it frees the
+    /// clusters allocated for the mapping.
     ///
     /// `skip_cow` is equivalent to [`Qcow2::ensure_data_mapping()`]’s `overwrite`: It indicates
     /// the area is to be overwritten, so COW can be skipped on it.  `skip_cow_to_eof` indicates
@@ -115,35 +119,59 @@ impl<S: Storage, F: WrappedFormat<S>> Qcow2<S, F> {
     pub(super) async fn do_prepare_data_mapping(
         &self,
         offset: GuestOffset,
-        length: u64,
+        mut length: u64,
         skip_cow: bool,
         skip_cow_to_eof: bool,
     ) -> io::Result<(u64, u64, Option<PreparedMappingState>)> {
-        let l2_table = self.ensure_l2(offset).await?;
+        let cb = self.header.cluster_bits();
 
-        // Fast path for if everything is already allocated, which should be the common case at
-        // runtime.
-        // It must really be everything, though; we know our caller will want to have everything
-        // allocated eventually, so if anything is missing, go down to the allocation path so we
-        // try to allocate clusters such that they are not fragmented (if possible) and we can
-        // return as big of a single mapping as possible.
-        let existing = self
-            .do_get_mapping_with_l2(offset, length, &l2_table)
-            .await?;
-        if let ShallowMapping::Raw {
-            storage: _,
-            offset,
-            writable: true,
-        } = existing.0
-        {
-            if existing.1 >= length {
-                return Ok((offset, existing.1, None));
+        let (l2_table, l2_table_arc) = loop {
+            let l2_table = self.ensure_l2(offset).await?;
+
+            // Fast path for if everything is already allocated, which should be the common case
+            // at runtime.
+            // It must really be everything, though; we know our caller will want to have
+            // everything allocated eventually, so if anything is missing, go down to the
+            // allocation path so we try to allocate clusters such that they are not fragmented
+            // (if possible) and we can return as big of a single mapping as possible.
+            // Clusters whose allocation is in flight are not mapped yet, so they take the slow
+            // path and wait there.
+            let existing = self
+                .do_get_mapping_with_l2(offset, length, &l2_table)
+                .await?;
+            if let ShallowMapping::Raw {
+                storage: _,
+                offset,
+                writable: true,
+            } = existing.0
+            {
+                if existing.1 >= length {
+                    return Ok((offset, existing.1, None));
+                }
             }
-        }
 
-        let l2_table = l2_table.lock_write().await;
+            let locked = l2_table.lock_write().await;
+
+            // Clusters of the request inside this L2 table (mappings never cross it)
+            let first = offset.cluster(cb);
+            let in_table = cmp::min(length, offset.remaining_in_l2_table(cb));
+            let end = GuestCluster((offset.0 + in_table).div_ceil(1 << cb));
+            match self.allocations_in_flight.check(first..end) {
+                InFlightCheck::Free => break (locked, l2_table),
+                InFlightCheck::FreeUntil(conflict) => {
+                    length = conflict.offset(cb).0 - offset.0;
+                    break (locked, l2_table);
+                }
+                InFlightCheck::Wait(done) => {
+                    drop(locked);
+                    // Returns once that mapping has been committed or dropped; then look again.
+                    drop(done.read().await);
+                }
+            }
+        };
 
         let mut l2_changes = Vec::new();
+        let mut deferred_cow = Vec::new();
         let res = self
             .prepare_data_mapping_no_cleanup(
                 offset,
@@ -152,6 +180,7 @@ impl<S: Storage, F: WrappedFormat<S>> Qcow2<S, F> {
                 skip_cow_to_eof,
                 &l2_table,
                 &mut l2_changes,
+                &mut deferred_cow,
             )
             .await;
 
@@ -166,15 +195,37 @@ impl<S: Storage, F: WrappedFormat<S>> Qcow2<S, F> {
             }
         };
 
-        // Everything may turn out to be mapped already, e.g. when a concurrent request has mapped
-        // it while we were waiting for the lock
-        let prepared_mapping = (!l2_changes.is_empty()).then(|| PreparedMappingState {
-            l2_table,
+        if l2_changes.is_empty() {
+            // Everything may turn out to be mapped already, e.g. when a concurrent request has
+            // mapped it while we were waiting for the lock
+            return Ok((host_offset, length, None));
+        }
+
+        // Register before unlocking the L2 table, so no one can prepare these clusters meanwhile
+        let first = offset.cluster(cb);
+        let end = GuestCluster((offset.0 + length).div_ceil(1 << cb));
+        let in_flight = self.allocations_in_flight.register(first..end).await;
+        drop(l2_table);
+
+        let prepared_mapping = PreparedMappingState {
+            l2_table: l2_table_arc,
             l2_changes,
             clusters_to_free: Arc::clone(&self.clusters_to_free),
-        });
+            _in_flight: in_flight,
+        };
 
-        Ok((host_offset, length, prepared_mapping))
+        // Fill the new clusters' parts that the caller will not write, now that other requests
+        // for this L2 table can go on
+        for cow in deferred_cow {
+            if let Err(err) = self.run_deferred_cow(cow).await {
+                // Release what has been allocated
+                drop(prepared_mapping);
+                self.process_clusters_to_free().await;
+                return Err(err);
+            }
+        }
+
+        Ok((host_offset, length, Some(prepared_mapping)))
     }
 
     /// Make a mapping prepared by [`Qcow2::do_prepare_data_mapping()`] visible.
@@ -182,17 +233,21 @@ impl<S: Storage, F: WrappedFormat<S>> Qcow2<S, F> {
     /// Underlying implementation for [`Qcow2::commit_data_mapping()`].
     pub(super) async fn do_commit_data_mapping(&self, state: PreparedMappingState) {
         let PreparedMappingState {
-            mut l2_table,
+            l2_table,
             l2_changes,
             clusters_to_free: _,
+            _in_flight,
         } = state;
 
+        let mut l2_table = l2_table.lock_write().await;
         for (l2_index, host_cluster, new_allocation) in l2_changes {
             if let Some(leaked) = l2_table.map_cluster(l2_index, host_cluster, new_allocation) {
                 self.clusters_to_free.push(leaked);
             }
         }
         drop(l2_table);
+        // Now that the mapping is in place, let waiters for these clusters look again
+        drop(_in_flight);
 
         self.process_clusters_to_free().await;
     }
@@ -405,6 +460,7 @@ impl<S: Storage, F: WrappedFormat<S>> Qcow2<S, F> {
         skip_cow_to_eof: bool,
         l2_table: &L2TableWriteGuard,
         l2_changes: &mut Vec<(usize, HostCluster, Option<PendingClusters>)>,
+        deferred_cow: &mut Vec<DeferredCow>,
     ) -> io::Result<(u64, u64)> {
         let cb = self.header.cluster_bits();
 
@@ -422,7 +478,13 @@ impl<S: Storage, F: WrappedFormat<S>> Qcow2<S, F> {
 
         // Without a mandatory host offset, this should never return `Ok(None)`
         let prepared = self
-            .prepare_cow_cluster(current_guest_cluster, None, partial_skip_cow, l2_table)
+            .prepare_cow_cluster(
+                current_guest_cluster,
+                None,
+                partial_skip_cow,
+                l2_table,
+                deferred_cow,
+            )
             .await?
             .ok_or_else(|| io::Error::other("Internal allocation error"))?;
         let host_cluster = prepared.host_cluster;
@@ -454,6 +516,7 @@ impl<S: Storage, F: WrappedFormat<S>> Qcow2<S, F> {
                     Some(next_host_cluster),
                     partial_skip_cow,
                     l2_table,
+                    deferred_cow,
                 )
                 .await?;
 
@@ -525,17 +588,15 @@ impl<S: Storage, F: WrappedFormat<S>> Qcow2<S, F> {
 /// Dropping this discards the prepared mapping, i.e. enters the clusters that have been allocated
 /// for it into the list of clusters to free.
 pub(super) struct PreparedMappingState {
-    /// Write guard on the L2 table that is to be modified.
+    /// The L2 table that is to be modified (not locked: see `_in_flight`).
     ///
-    /// Held so that nobody else modifies the affected L2 entries before the mapping is committed
-    /// or dropped; in particular, nobody else may prepare a mapping for the same guest clusters.
-    ///
-    /// This also occupies an L2 cache entry for as long as it exists, because the cache only
-    /// evicts tables that nothing else refers to.  Prepared mappings are held across data I/O, so
-    /// holding several of them can pin the whole L2 cache: If no entry can be evicted, loading
-    /// another L2 table fails with an I/O error (“Cannot evict entry from cache; everything is in
-    /// use”) instead of waiting for an entry to become available.
-    l2_table: L2TableWriteGuard,
+    /// This occupies an L2 cache entry for as long as it exists, because the cache only evicts
+    /// tables that nothing else refers to; so the commit modifies the cached table.  Prepared
+    /// mappings are held across data I/O, so holding several of them can pin the whole L2 cache:
+    /// If no entry can be evicted, loading another L2 table fails with an I/O error (“Cannot evict
+    /// entry from cache; everything is in use”) instead of waiting for an entry to become
+    /// available.
+    l2_table: Arc<L2Table>,
 
     /// What to enter into the L2 table: L2 index, host cluster, and the guard for the host cluster
     /// if it has been newly allocated.
@@ -543,6 +604,11 @@ pub(super) struct PreparedMappingState {
 
     /// The image’s list of clusters to free, to identify which image this state belongs to.
     clusters_to_free: Arc<ClustersToFreeList>,
+
+    /// Keeps the guest clusters registered as in flight, so nobody else prepares a mapping for
+    /// them; declared after `l2_changes` so that on drop, the allocated clusters are released
+    /// before waiters wake up.
+    _in_flight: InFlightGuard,
 }
 
 impl PreparedMappingState {

@@ -7,6 +7,7 @@ mod cache;
 mod cancel_tests;
 mod compressed;
 mod cow;
+mod in_flight;
 mod io_func;
 mod mappings;
 mod metadata;
@@ -81,6 +82,9 @@ pub struct Qcow2<S: Storage + 'static, F: WrappedFormat<S> + 'static = FormatAcc
     ///
     /// Shared with the allocator.  Must be freed via [`Qcow2::process_clusters_to_free()`].
     clusters_to_free: Arc<ClustersToFreeList>,
+
+    /// Guest clusters with a prepared, uncommitted data mapping (ivmm patch).
+    allocations_in_flight: Arc<in_flight::InFlightAllocations>,
 }
 
 #[maybe_async]
@@ -153,6 +157,7 @@ impl<S: Storage + 'static, F: WrappedFormat<S> + 'static> Qcow2<S, F> {
             caches,
             allocator,
             clusters_to_free,
+            allocations_in_flight: Default::default(),
         })
     }
 
