@@ -20,6 +20,12 @@ step "ivmm release binary (with the test-only hooks the hardening tests use)"
 cargo build --release -p vmm --features test-hooks
 step "fuzz targets still build (fuzz/ is a separate cargo project; fuzz/run.sh runs them)"
 cargo check --manifest-path fuzz/Cargo.toml --bins
+step "vendored imago's own tests (third_party/README.md: we patch it)"
+for features in "" "--no-default-features --features sync"; do
+    # shellcheck disable=SC2086 # the feature flags are separate words
+    CARGO_TARGET_DIR=target/imago cargo test --locked --release \
+        --manifest-path third_party/imago/Cargo.toml --lib $features
+done
 step "tests"
 # One test thread per binary is not needed: the lab serializes nested runs with a lock.
 cargo test --workspace --release "$@"
