@@ -323,7 +323,11 @@ impl<S: Storage, F: WrappedFormat<S>> Qcow2<S, F> {
         };
 
         let to_offset = to_cluster.offset(self.header.cluster_bits());
-        to.write_zeroes(
+        // (ivmm patch) Allocating zeroes, as QEMU's qcow2 does for a COW from zeroes: the
+        // cluster is about to be written anyway, and unlike `write_zeroes()` (punch a hole, then
+        // grow the file under its exclusive lock, i.e. after all writes in flight) this is one
+        // `fallocate(FALLOC_FL_ZERO_RANGE)` beside concurrent writes.
+        to.write_allocated_zeroes(
             to_offset.0 + cow_range.start as u64,
             (cow_range.end - cow_range.start) as u64,
         )
