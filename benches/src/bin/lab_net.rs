@@ -29,8 +29,10 @@ I='{iperf3}'
 ip link set eth0 up; ip addr add 10.0.2.15/24 dev eth0
 i=0; until ping -c 1 -W 1 10.0.2.1 >/dev/null 2>&1; do i=$((i+1)); [ $i -gt 60 ] && break; done
 echo NET-RTT $(ping -c 20 -i 0.2 10.0.2.1 | tail -n 1)
-$I -c 10.0.2.1 -t {seconds} -f m | grep receiver | sed 's/^/NET-TX /'
-$I -c 10.0.2.1 -t {seconds} -f m -R | grep receiver | sed 's/^/NET-RX /'
+echo NET-MARK-TX-BEGIN; $I -c 10.0.2.1 -t {seconds} -f m > /tmp/tx; echo NET-MARK-TX-END
+grep receiver /tmp/tx | sed 's/^/NET-TX /'
+echo NET-MARK-RX-BEGIN; $I -c 10.0.2.1 -t {seconds} -f m -R > /tmp/rx; echo NET-MARK-RX-END
+grep receiver /tmp/rx | sed 's/^/NET-RX /'
 echo NET-DONE",
         iperf3 = tool_disk::run_prefix("iperf3")
     )
@@ -86,16 +88,28 @@ fn main() {
          -netdev tap,id=n0,ifname=tapq,script=no,downscript=no,vhost=off \
          -device virtio-net-pci,netdev=n0,romfile="
     );
-    // Each VMM makes its TAP; L1 gives it the host address once it exists.
+    // Each VMM makes its TAP; L1 gives it the host address once it exists. L1 snapshots KVM's
+    // counters (all exits, MMIO exits i.e. kicks, injected interrupts, halts) at the guest's
+    // markers around each iperf3 direction, from the console the VMM writes to a file.
     let one = |vmm: &str, tap: &str, command: &str| {
         format!(
-            "echo NET-VMM {vmm}\n{command} & P=$!\n\
+            "echo NET-VMM {vmm}\n: > /tmp/con.log; {command} > /tmp/con.log 2>&1 & P=$!\n\
              i=0; until [ -e /sys/class/net/{tap} ]; do i=$((i+1)); [ $i -gt 900 ] && break; sleep 0.1; done\n\
              ip addr add 10.0.2.1/24 dev {tap} && ip link set {tap} up\n\
-             wait $P; echo NET-EXIT $?\n"
+             w NET-MARK-TX-BEGIN; A=$(snap); w NET-MARK-TX-END; B=$(snap)\n\
+             w NET-MARK-RX-BEGIN; C=$(snap); w NET-MARK-RX-END; D=$(snap)\n\
+             wait $P; echo NET-EXIT $?\n\
+             grep -E '^NET-(TX|RX|RTT|DONE)' /tmp/con.log\n\
+             echo NET-COUNT TX $A $B; echo NET-COUNT RX $C $D\n"
         )
     };
-    let mut script = format!("ip link set lo up\n{IPERF3} -s -D\nsleep 1\n");
+    let mut script = format!(
+        "ip link set lo up\n{IPERF3} -s -D\nsleep 1\n\
+         mount -t debugfs none /sys/kernel/debug 2>/dev/null\n\
+         K=/sys/kernel/debug/kvm\n\
+         snap() {{ echo $(cat $K/exits $K/mmio_exits $K/irq_injections $K/halt_exits); }}\n\
+         w() {{ i=0; until grep -q \"$1\" /tmp/con.log || ! kill -0 $P 2>/dev/null; do i=$((i+1)); [ $i -gt 20000 ] && break; usleep 20000; done; }}\n"
+    );
     for _ in 0..rounds {
         script.push_str(&one("ivmm", "tapi", &ivmm));
         script.push_str(&one("qemu", "tapq", &qemu));
@@ -118,22 +132,37 @@ fn main() {
     // (vmm, metric) -> values
     let mut results: Vec<(String, &str, Vec<f64>)> = Vec::new();
     let mut current = String::new();
+    // MBytes moved by this run's TX and RX, for the per-MB counts.
+    let mut moved = [0.0f64; 2];
+    let mut record = |vmm: &str, metric: &'static str, v: f64| match results
+        .iter_mut()
+        .find(|(m, k, _)| m == vmm && *k == metric)
+    {
+        Some((_, _, vals)) => vals.push(v),
+        None => results.push((vmm.to_string(), metric, vec![v])),
+    };
     for line in out.console.lines() {
         let line = line.trim();
         if let Some(vmm) = line.strip_prefix("NET-VMM ") {
             current = vmm.to_string();
+            moved = [0.0; 2];
             continue;
         }
-        for metric in ["NET-TX", "NET-RX", "NET-RTT"] {
-            if line.starts_with(metric) {
+        for (i, metric) in ["NET-TX", "NET-RX", "NET-RTT"].into_iter().enumerate() {
+            if line.starts_with(&format!("{metric} ")) {
                 if let Some(v) = parse(line) {
-                    match results
-                        .iter_mut()
-                        .find(|(m, k, _)| *m == current && *k == metric)
-                    {
-                        Some((_, _, vals)) => vals.push(v),
-                        None => results.push((current.clone(), metric, vec![v])),
-                    }
+                    record(&current, metric, v);
+                }
+                if let (Some(mb), Some(slot)) = (mbytes(line), moved.get_mut(i)) {
+                    *slot = mb;
+                }
+            }
+        }
+        if let Some((dir, deltas)) = counts(line) {
+            let mb = moved[usize::from(dir == "RX")];
+            if mb > 0.0 {
+                for (name, d) in COUNTERS.iter().zip(deltas) {
+                    record(&current, counter_metric(dir, name), d as f64 / mb);
                 }
             }
         }
@@ -167,6 +196,57 @@ fn main() {
         println!("| {label:<26} | {i:>8.2} | {q:>8.2} | {ratio:>9.2} |");
     }
     println!("(ratio > 1: ivmm better; for RTT the ratio is QEMU/ivmm)");
+    println!();
+    println!("KVM counters in L1 per MByte moved (median of rounds; fewer is cheaper):");
+    println!("| direction, counter           |     ivmm |     QEMU | ivmm/QEMU |");
+    println!("|------------------------------|----------|----------|-----------|");
+    for dir in ["TX", "RX"] {
+        for name in COUNTERS {
+            let metric = counter_metric(dir, name);
+            let (i, q) = (get("ivmm", metric), get("qemu", metric));
+            let label = format!("{dir} {name}");
+            println!("| {label:<28} | {i:>8.1} | {q:>8.1} | {:>9.2} |", i / q);
+        }
+    }
+}
+
+/// What L1's `snap` reads, in order (files in /sys/kernel/debug/kvm).
+const COUNTERS: [&str; 4] = ["exits", "mmio_exits", "irq_injections", "halt_exits"];
+
+/// The results key of one counter in one direction.
+fn counter_metric(dir: &str, name: &str) -> &'static str {
+    match (dir, name) {
+        ("TX", "exits") => "TX exits",
+        ("TX", "mmio_exits") => "TX mmio_exits",
+        ("TX", "irq_injections") => "TX irq_injections",
+        ("TX", "halt_exits") => "TX halt_exits",
+        ("RX", "exits") => "RX exits",
+        ("RX", "mmio_exits") => "RX mmio_exits",
+        ("RX", "irq_injections") => "RX irq_injections",
+        _ => "RX halt_exits",
+    }
+}
+
+/// `MBytes` of a `NET-TX`/`NET-RX` iperf3 receiver line.
+fn mbytes(line: &str) -> Option<f64> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "MBytes")?;
+    words.get(at.checked_sub(1)?)?.parse().ok()
+}
+
+/// `NET-COUNT TX|RX <before: 4 counters> <after: 4 counters>` -> direction and the deltas.
+fn counts(line: &str) -> Option<(&str, Vec<u64>)> {
+    let mut words = line.strip_prefix("NET-COUNT ")?.split_whitespace();
+    let dir = words.next()?;
+    let values: Vec<u64> = words.map(|w| w.parse().ok()).collect::<Option<_>>()?;
+    let n = COUNTERS.len();
+    if values.len() != 2 * n {
+        return None;
+    }
+    let deltas = (0..n)
+        .map(|i| values[n + i].saturating_sub(values[i]))
+        .collect();
+    Some((dir, deltas))
 }
 
 #[cfg(test)]
@@ -181,5 +261,13 @@ mod tests {
         let rtt = "NET-RTT round-trip min/avg/max = 0.311/0.455/0.913 ms";
         assert_eq!(parse(rtt), Some(0.455));
         assert_eq!(parse("NET-TX nothing"), None);
+        assert_eq!(super::mbytes(tx), Some(912.0));
+    }
+
+    #[test]
+    fn counter_lines_give_deltas() {
+        let line = "NET-COUNT TX 10 5 3 1 110 25 4 1";
+        assert_eq!(super::counts(line), Some(("TX", vec![100, 20, 1, 0])));
+        assert_eq!(super::counts("NET-COUNT RX 1 2"), None);
     }
 }
