@@ -265,8 +265,12 @@ const BLOCK: &[i64] = &[
     libc::SYS_statx,
 ];
 
-/// TAP I/O.
-const NET: &[i64] = &[libc::SYS_readv];
+/// TAP I/O, and the transmit re-poll timer (made and armed by the thread).
+const NET: &[i64] = &[
+    libc::SYS_readv,
+    libc::SYS_timerfd_create,
+    libc::SYS_timerfd_settime,
+];
 
 /// The NAT network's DHCP/DNS thread: datagrams on its sockets, and the
 /// lease file shared with other ivmm processes (opened, locked, rewritten

@@ -81,8 +81,9 @@ where
 }
 
 /// Serves every available transmit chain: each frame (header included) is
-/// written to `backend` as it is. Returns whether the driver wants an
-/// interrupt (event-index aware).
+/// written to `backend` as it is; then asks the driver to kick again for the
+/// next one. Returns whether the driver wants an interrupt (event-index
+/// aware).
 pub fn process_tx(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
@@ -91,27 +92,53 @@ pub fn process_tx(
 ) -> Result<bool, virtio_queue::Error> {
     let mut used_any = false;
     loop {
-        crate::virtio::check_avail_index(queue, mem)?;
-        queue.disable_notification(mem)?;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            match frame_slices(chain, mem) {
-                Ok(slices) => {
-                    if let Err(e) = backend.send_slices(&slices, buf) {
-                        log::debug!("virtio-net: transmit dropped: {e}");
-                    }
-                }
-                Err(why) => log::debug!("virtio-net: bad transmit chain: {why}"),
-            }
-            // The device writes nothing into transmit buffers.
-            queue.add_used(mem, head, 0)?;
-            used_any = true;
-        }
+        used_any |= send_available(queue, mem, backend, buf)? > 0;
         if !queue.enable_notification(mem)? {
             break;
         }
     }
     Ok(used_any && queue.needs_notification(mem)?)
+}
+
+/// Serves every available transmit chain and leaves the driver's kicks off:
+/// for a caller that looks at the ring again soon anyway. Returns how many
+/// chains were served and whether the driver wants an interrupt.
+pub fn transmit_batch(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    backend: &dyn NetBackend,
+    buf: &mut Vec<u8>,
+) -> Result<(usize, bool), virtio_queue::Error> {
+    let sent = send_available(queue, mem, backend, buf)?;
+    Ok((sent, sent > 0 && queue.needs_notification(mem)?))
+}
+
+/// Sends each available chain's frame (a bad chain is dropped) and returns
+/// the chains to the driver; kicks are left off. Returns the chain count.
+fn send_available(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    backend: &dyn NetBackend,
+    buf: &mut Vec<u8>,
+) -> Result<usize, virtio_queue::Error> {
+    crate::virtio::check_avail_index(queue, mem)?;
+    queue.disable_notification(mem)?;
+    let mut served = 0;
+    while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        let head = chain.head_index();
+        match frame_slices(chain, mem) {
+            Ok(slices) => {
+                if let Err(e) = backend.send_slices(&slices, buf) {
+                    log::debug!("virtio-net: transmit dropped: {e}");
+                }
+            }
+            Err(why) => log::debug!("virtio-net: bad transmit chain: {why}"),
+        }
+        // The device writes nothing into transmit buffers.
+        queue.add_used(mem, head, 0)?;
+        served += 1;
+    }
+    Ok(served)
 }
 
 /// A transmit chain's buffers as guest-memory slices (a buffer that

@@ -117,6 +117,38 @@ fn run_tx(mem: &GuestMemoryMmap, descs: &[RawDescriptor]) -> (Vec<u32>, Vec<Vec<
     (used_lens(mem, &vq), received(&peer))
 }
 
+/// The used ring's flags word: bit 0 (VRING_USED_F_NO_NOTIFY) set means the
+/// device asks the driver not to kick.
+fn used_flags(mem: &GuestMemoryMmap, vq: &MockSplitQueue<GuestMemoryMmap>) -> u16 {
+    mem.read_obj(vq.used_addr()).unwrap()
+}
+
+#[test]
+fn a_transmit_batch_leaves_kicks_off_and_process_tx_turns_them_back_on() {
+    let mem = memory();
+    let (backend, peer) = SocketNet::pair();
+    let vq = MockSplitQueue::create(&mem, GuestAddress(TXQ), QSIZE);
+    let f = frame(60, 4);
+    mem.write_slice(&f, GuestAddress(BUF)).unwrap();
+    vq.add_desc_chains(&singles(&[(BUF, f.len() as u32, false)]), 0)
+        .unwrap();
+    let mut q: Queue = vq.create_queue().unwrap();
+    let mut buf = Vec::new();
+
+    let (sent, notify) = transmit_batch(&mut q, &mem, backend.as_ref(), &mut buf).unwrap();
+    assert_eq!((sent, notify), (1, true));
+    assert_eq!(used_flags(&mem, &vq) & 1, 1, "kicks must stay off");
+    assert_eq!(received(&peer), vec![f]);
+
+    // Nothing new: no chain, no interrupt; kicks still off.
+    let (sent, notify) = transmit_batch(&mut q, &mem, backend.as_ref(), &mut buf).unwrap();
+    assert_eq!((sent, notify), (0, false));
+    assert_eq!(used_flags(&mem, &vq) & 1, 1);
+
+    process_tx(&mut q, &mem, backend.as_ref(), &mut buf).unwrap();
+    assert_eq!(used_flags(&mem, &vq) & 1, 0, "kicks must be back on");
+}
+
 #[test]
 fn transmit_sends_header_and_frame_unchanged() {
     let mem = memory();
@@ -686,6 +718,17 @@ fn io_thread_moves_frames_both_ways_and_does_not_spin_without_buffers() {
     let n = peer.recv(&mut buf).unwrap();
     assert_eq!(buf[..n], out[..]);
     wait_for("a transmit interrupt", || irqs.count(TX_QUEUE) >= 1);
+
+    // The ring stays quiet: the thread turns the driver's kicks back on, and
+    // the next frame goes out at its kick.
+    wait_for("transmit kicks back on", || used_flags(&mem, &txq) & 1 == 0);
+    let out = frame(80, 10);
+    mem.write_slice(&out, GuestAddress(BUF + 0x9000)).unwrap();
+    txq.add_desc_chains(&singles(&[(BUF + 0x9000, 92, false)]), 1)
+        .unwrap();
+    tx_kick.write(1).unwrap();
+    let n = peer.recv(&mut buf).unwrap();
+    assert_eq!(buf[..n], out[..]);
 
     // Reset stops the thread; the device can be dropped.
     net.reset();
