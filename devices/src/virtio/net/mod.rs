@@ -257,12 +257,7 @@ impl VirtioDevice for Net {
                 format!("ivmm-{}", self.opts.name),
                 WorkerKind::Net,
                 Box::new(move || {
-                    let mut ctx = ctx;
                     let name = ctx.name.clone();
-                    match TimerFd::new() {
-                        Ok(timer) => ctx.tx_repoll = Some(timer),
-                        Err(e) => log::warn!("{name}: transmit timer: {e}; a kick per frame"),
-                    }
                     worker::run(&name, ctx);
                 }),
             )
@@ -299,8 +294,9 @@ struct NetWorker {
     tx_queue: Queue,
     tx_kick: EventFd,
     /// Armed while the driver is transmitting: see [`NetWorker::serve_tx`].
-    /// Made by the I/O thread itself (its seccomp filter allows that, the
-    /// vCPU thread's does not); without it, every frame is kicked.
+    /// Made in `init`, on the I/O thread (its seccomp filter allows that,
+    /// the activating vCPU thread's does not); without it, every frame is
+    /// kicked.
     tx_repoll: Option<TimerFd>,
     stop: EventFd,
     mem: GuestMemoryMmap,
@@ -317,6 +313,9 @@ struct NetWorker {
 
 impl MutEventSubscriber for NetWorker {
     fn init(&mut self, ops: &mut EventOps) {
+        self.tx_repoll = TimerFd::new()
+            .map_err(|e| log::warn!("{}: transmit timer: {e}; a kick per frame", self.name))
+            .ok();
         let mut fds = vec![
             self.rx_kick.as_raw_fd(),
             self.tx_kick.as_raw_fd(),
@@ -393,30 +392,25 @@ impl NetWorker {
             self.backend.as_ref(),
             &mut self.tx_buf,
         );
-        let result = match served {
-            Ok((sent, notify)) if sent > 0 => {
-                let armed = match self.tx_repoll.as_mut().map(|t| t.reset(TX_REPOLL, None)) {
-                    Some(Ok(())) => true,
-                    Some(Err(e)) => {
-                        log::error!("{}: transmit timer: {e}", self.name);
-                        false
-                    }
-                    None => false,
-                };
-                if !armed {
-                    // No timer: ask for a kick per frame again.
-                    self.rearm_tx_kicks(notify);
-                    return;
-                }
-                Ok(notify)
+        match served {
+            Ok((sent, notify)) if sent > 0 && self.arm_tx_repoll() => {
+                self.finish_tx(Ok(notify));
             }
-            Ok((_, notify)) => {
-                self.rearm_tx_kicks(notify);
-                return;
-            }
-            Err(e) => Err(e),
+            // Nothing new (or no timer): ask for kicks again.
+            Ok((_, notify)) => self.rearm_tx_kicks(notify),
+            Err(e) => self.finish_tx(Err(e)),
+        }
+    }
+
+    /// Arms the re-poll timer; false if there is none or it failed.
+    fn arm_tx_repoll(&mut self) -> bool {
+        let Some(timer) = self.tx_repoll.as_mut() else {
+            return false;
         };
-        self.finish_tx(result);
+        timer
+            .reset(TX_REPOLL, None)
+            .map_err(|e| log::error!("{}: transmit timer: {e}", self.name))
+            .is_ok()
     }
 
     /// Turns the driver's transmit kicks back on (serving what raced in).
