@@ -124,8 +124,9 @@ impl<S: Storage, F: WrappedFormat<S>> Qcow2<S, F> {
         skip_cow_to_eof: bool,
     ) -> io::Result<(u64, u64, Option<PreparedMappingState>)> {
         let cb = self.header.cluster_bits();
+        let first = offset.cluster(cb);
 
-        let (l2_table, l2_table_arc) = loop {
+        let l2_table = loop {
             let l2_table = self.ensure_l2(offset).await?;
 
             // Fast path for if everything is already allocated, which should be the common case
@@ -153,14 +154,13 @@ impl<S: Storage, F: WrappedFormat<S>> Qcow2<S, F> {
             let locked = l2_table.lock_write().await;
 
             // Clusters of the request inside this L2 table (mappings never cross it)
-            let first = offset.cluster(cb);
             let in_table = cmp::min(length, offset.remaining_in_l2_table(cb));
             let end = GuestCluster((offset.0 + in_table).div_ceil(1 << cb));
             match self.allocations_in_flight.check(first..end) {
-                InFlightCheck::Free => break (locked, l2_table),
+                InFlightCheck::Free => break locked,
                 InFlightCheck::FreeUntil(conflict) => {
                     length = conflict.offset(cb).0 - offset.0;
-                    break (locked, l2_table);
+                    break locked;
                 }
                 InFlightCheck::Wait(done) => {
                     drop(locked);
@@ -202,13 +202,11 @@ impl<S: Storage, F: WrappedFormat<S>> Qcow2<S, F> {
         }
 
         // Register before unlocking the L2 table, so no one can prepare these clusters meanwhile
-        let first = offset.cluster(cb);
         let end = GuestCluster((offset.0 + length).div_ceil(1 << cb));
         let in_flight = self.allocations_in_flight.register(first..end).await;
-        drop(l2_table);
 
         let prepared_mapping = PreparedMappingState {
-            l2_table: l2_table_arc,
+            l2_table: l2_table.unlock(),
             l2_changes,
             clusters_to_free: Arc::clone(&self.clusters_to_free),
             _in_flight: in_flight,

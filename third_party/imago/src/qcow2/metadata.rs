@@ -1852,6 +1852,11 @@ impl L2Table {
 }
 
 impl L2TableWriteGuard {
+    /// Release the write lock, keeping the reference to the table (ivmm patch).
+    pub fn unlock(self) -> Arc<L2Table> {
+        self.table
+    }
+
     /// Look up a cluster mapping.
     pub fn get_mapping(&self, lookup_cluster: GuestCluster) -> io::Result<L2Mapping> {
         self.table.get_mapping(lookup_cluster)
