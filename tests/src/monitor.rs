@@ -34,7 +34,7 @@ pub(crate) fn vcpu_state(socket: &Path) -> String {
     report
 }
 
-/// Sends one command and returns its reply (without the echo and the prompt).
+/// Sends one command and returns what the monitor printed up to its next prompt.
 fn command(socket: &Path, cmd: &str) -> std::io::Result<String> {
     let mut stream = UnixStream::connect(socket)?;
     stream.set_read_timeout(Some(Duration::from_millis(200)))?;
@@ -58,7 +58,7 @@ fn read_until_prompt(stream: &mut UnixStream) -> std::io::Result<String> {
                 ) => {}
             Err(e) => return Err(e),
         }
-        if String::from_utf8_lossy(&got).ends_with(PROMPT) {
+        if got.ends_with(PROMPT.as_bytes()) {
             return Ok(String::from_utf8_lossy(&got).into_owned());
         }
     }
