@@ -309,3 +309,9 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
+
+/// L1 shell preamble for benchmarks that sample KVM's counters at guest markers: mounts
+/// debugfs and defines `w MARKER`, which waits until MARKER is in `/tmp/con.log` (where the
+/// VMM's console goes) or the VMM (`$P`) has exited, at most 400 s.
+pub const L1_MARKER_WAIT: &str = "mount -t debugfs none /sys/kernel/debug 2>/dev/null\n\
+    w() { i=0; until grep -q \"$1\" /tmp/con.log || ! kill -0 $P 2>/dev/null; do i=$((i+1)); [ $i -gt 20000 ] && break; usleep 20000; done; }\n";

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use ivmm_benches::{median, tool_disk};
+use ivmm_benches::{median, tool_disk, L1_MARKER_WAIT};
 use ivmm_tests::{GuestBoot, Lab, Mode, RunOptions};
 
 const MIB: u64 = 1 << 20;
@@ -65,9 +65,8 @@ fn guest_script(seconds: u32) -> String {
 fn l1_script(ivmm: &str, qemu: &str, rounds: usize) -> String {
     let runs = "bench ivmm; bench qemu; ".repeat(rounds);
     format!(
-        "mount -t debugfs none /sys/kernel/debug 2>/dev/null\n\
+        "{L1_MARKER_WAIT}\
          X=/sys/kernel/debug/kvm/exits\n\
-         w() {{ i=0; until grep -q \"$1\" /tmp/con.log || ! kill -0 $P 2>/dev/null; do i=$((i+1)); [ $i -gt 20000 ] && break; usleep 20000; done; }}\n\
          vm_ivmm() {{ {ivmm}; }}\n\
          vm_qemu() {{ {qemu}; }}\n\
          bench() {{ : > /tmp/con.log; vm_$1 > /tmp/con.log 2>&1 & P=$!\n\

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use ivmm_benches::{median, tool_disk};
+use ivmm_benches::{median, tool_disk, L1_MARKER_WAIT};
 use ivmm_tests::{GuestBoot, Lab, Mode, RunOptions};
 
 const IPERF3: &str = "/usr/bin/iperf3";
@@ -45,8 +45,13 @@ fn parse(line: &str) -> Option<f64> {
         let stats = line.split('=').nth(1)?.split_whitespace().next()?;
         return stats.split('/').nth(1)?.parse().ok();
     }
+    number_before(line, "Mbits/sec")
+}
+
+/// The number just before the word `unit` in an iperf3 line.
+fn number_before(line: &str, unit: &str) -> Option<f64> {
     let words: Vec<&str> = line.split_whitespace().collect();
-    let at = words.iter().position(|w| *w == "Mbits/sec")?;
+    let at = words.iter().position(|w| *w == unit)?;
     words.get(at.checked_sub(1)?)?.parse().ok()
 }
 
@@ -104,11 +109,10 @@ fn main() {
         )
     };
     let mut script = format!(
-        "ip link set lo up\n{IPERF3} -s -D\nsleep 1\n\
-         mount -t debugfs none /sys/kernel/debug 2>/dev/null\n\
+        "ip link set lo up\n{IPERF3} -s -D\nsleep 1\n{L1_MARKER_WAIT}\
          K=/sys/kernel/debug/kvm\n\
-         snap() {{ echo $(cat $K/exits $K/mmio_exits $K/irq_injections $K/halt_exits); }}\n\
-         w() {{ i=0; until grep -q \"$1\" /tmp/con.log || ! kill -0 $P 2>/dev/null; do i=$((i+1)); [ $i -gt 20000 ] && break; usleep 20000; done; }}\n"
+         snap() {{ echo $(cd $K && cat {counters}); }}\n",
+        counters = COUNTERS.join(" ")
     );
     for _ in 0..rounds {
         script.push_str(&one("ivmm", "tapi", &ivmm));
@@ -130,16 +134,16 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
 
     // (vmm, metric) -> values
-    let mut results: Vec<(String, &str, Vec<f64>)> = Vec::new();
+    let mut results: Vec<(String, String, Vec<f64>)> = Vec::new();
     let mut current = String::new();
     // MBytes moved by this run's TX and RX, for the per-MB counts.
     let mut moved = [0.0f64; 2];
-    let mut record = |vmm: &str, metric: &'static str, v: f64| match results
+    let mut record = |vmm: &str, metric: &str, v: f64| match results
         .iter_mut()
-        .find(|(m, k, _)| m == vmm && *k == metric)
+        .find(|(m, k, _)| m == vmm && k == metric)
     {
         Some((_, _, vals)) => vals.push(v),
-        None => results.push((vmm.to_string(), metric, vec![v])),
+        None => results.push((vmm.to_string(), metric.to_string(), vec![v])),
     };
     for line in out.console.lines() {
         let line = line.trim();
@@ -162,7 +166,7 @@ fn main() {
             let mb = moved[usize::from(dir == "RX")];
             if mb > 0.0 {
                 for (name, d) in COUNTERS.iter().zip(deltas) {
-                    record(&current, counter_metric(dir, name), d as f64 / mb);
+                    record(&current, &format!("{dir} {name}"), d as f64 / mb);
                 }
             }
         }
@@ -202,10 +206,9 @@ fn main() {
     println!("|------------------------------|----------|----------|-----------|");
     for dir in ["TX", "RX"] {
         for name in COUNTERS {
-            let metric = counter_metric(dir, name);
-            let (i, q) = (get("ivmm", metric), get("qemu", metric));
-            let label = format!("{dir} {name}");
-            println!("| {label:<28} | {i:>8.1} | {q:>8.1} | {:>9.2} |", i / q);
+            let metric = format!("{dir} {name}");
+            let (i, q) = (get("ivmm", &metric), get("qemu", &metric));
+            println!("| {metric:<28} | {i:>8.1} | {q:>8.1} | {:>9.2} |", i / q);
         }
     }
 }
@@ -213,25 +216,9 @@ fn main() {
 /// What L1's `snap` reads, in order (files in /sys/kernel/debug/kvm).
 const COUNTERS: [&str; 4] = ["exits", "mmio_exits", "irq_injections", "halt_exits"];
 
-/// The results key of one counter in one direction.
-fn counter_metric(dir: &str, name: &str) -> &'static str {
-    match (dir, name) {
-        ("TX", "exits") => "TX exits",
-        ("TX", "mmio_exits") => "TX mmio_exits",
-        ("TX", "irq_injections") => "TX irq_injections",
-        ("TX", "halt_exits") => "TX halt_exits",
-        ("RX", "exits") => "RX exits",
-        ("RX", "mmio_exits") => "RX mmio_exits",
-        ("RX", "irq_injections") => "RX irq_injections",
-        _ => "RX halt_exits",
-    }
-}
-
 /// `MBytes` of a `NET-TX`/`NET-RX` iperf3 receiver line.
 fn mbytes(line: &str) -> Option<f64> {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let at = words.iter().position(|w| *w == "MBytes")?;
-    words.get(at.checked_sub(1)?)?.parse().ok()
+    number_before(line, "MBytes")
 }
 
 /// `NET-COUNT TX|RX <before: 4 counters> <after: 4 counters>` -> direction and the deltas.
