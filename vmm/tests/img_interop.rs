@@ -192,7 +192,21 @@ fn ivmm_written_images_read_identically_through_qemu() {
         }
         assert_qemu_clean(&img);
         assert_same_as_model(&img, &model, dir.path());
+        assert_no_grown_tail(&img, cfg);
     }
+}
+
+/// While open, a writable qcow2 grows ahead of its last cluster; closing must cut that back,
+/// leaving the file ending where qemu-img says the image ends.
+fn assert_no_grown_tail(img: &Path, cfg: &str) {
+    let (_, check) = qemu_check(img);
+    let end = check["image-end-offset"].as_u64();
+    let len = std::fs::metadata(img).unwrap().len();
+    assert_eq!(
+        Some(len),
+        end,
+        "{cfg}: file length vs qemu-img's image end: {check}"
+    );
 }
 
 #[test]

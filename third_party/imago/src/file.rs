@@ -37,6 +37,9 @@ use windows_sys::Win32::System::Ioctl::{FILE_ZERO_DATA_INFORMATION, FSCTL_SET_ZE
 #[cfg(windows)]
 use windows_sys::Win32::System::IO::DeviceIoControl;
 
+/// (ivmm patch) Grow-ahead ends on this boundary (plus the grow-ahead amount).
+const GROW_AHEAD_ALIGN: u64 = 1 << 20;
+
 /// Use a plain file or host block device as a storage object.
 #[derive(Debug)]
 pub struct File {
@@ -72,6 +75,14 @@ pub struct File {
 
     /// Set once we know that discard is unsupported and we can skip trying.
     discard_unsupported: AtomicBool,
+
+    /// (ivmm patch) Grow-ahead: by how much a write past the file's end grows it beyond that
+    /// write (0: off). See [`File::set_grow_ahead()`].
+    grow_ahead: AtomicU64,
+
+    /// (ivmm patch) The file's real length while growing ahead: `size` is the end of what was
+    /// written, and `[size, allocated_end)` is allocated space that reads as zeroes.
+    allocated_end: AtomicU64,
 }
 
 impl TryFrom<fs::File> for File {
@@ -239,6 +250,7 @@ impl Storage for File {
 
     #[cfg(unix)]
     async unsafe fn pure_writev(&self, mut bufv: IoVector<'_>, mut offset: u64) -> io::Result<()> {
+        self.grow_for_write(offset.saturating_add(bufv.len()));
         while !bufv.is_empty() {
             let iovec = unsafe { bufv.as_iovec() };
             let pwritev_offset = offset
@@ -311,7 +323,11 @@ impl Storage for File {
         #[allow(clippy::readonly_write_lock)]
         let file = self.file.write();
         if end > self.size.load(Ordering::Relaxed) {
-            file.set_len(end)?;
+            // (ivmm patch) Grown-ahead space already covers it: do not cut that back.
+            if end > self.allocated_end.load(Ordering::Acquire) {
+                file.set_len(end)?;
+                self.allocated_end.store(end, Ordering::Release);
+            }
             self.size.fetch_max(end, Ordering::Relaxed);
         }
 
@@ -320,6 +336,13 @@ impl Storage for File {
 
     #[cfg(target_os = "linux")]
     async unsafe fn pure_write_allocated_zeroes(&self, offset: u64, length: u64) -> io::Result<()> {
+        // (ivmm patch) Untouched grown-ahead space is allocated zeroes already.
+        let end = offset.saturating_add(length);
+        self.grow_for_write(end);
+        if self.is_untouched_growth(offset, end) {
+            self.size.fetch_max(end, Ordering::Relaxed);
+            return Ok(());
+        }
         let offset: libc::off_t = offset
             .try_into()
             .map_err(|e| io::Error::other(format!("Discard/write-zeroes offset error: {e}")))?;
@@ -392,6 +415,8 @@ impl Storage for File {
             std::cmp::Ordering::Less => {
                 file.set_len(new_size)?;
                 self.size.fetch_min(new_size, Ordering::Relaxed);
+                // (ivmm patch) Grown-ahead space is gone with the rest.
+                self.allocated_end.store(new_size, Ordering::Release);
                 return Ok(());
             }
             std::cmp::Ordering::Greater => (), // handled below
@@ -445,7 +470,22 @@ impl Storage for File {
         }
 
         self.size.fetch_max(new_size, Ordering::Relaxed);
+        // (ivmm patch) `set_len()` may have cut grown-ahead space; `fallocate()` kept it.
+        let real_end = self.file.read().metadata()?.len();
+        self.allocated_end.store(real_end, Ordering::Release);
         Ok(())
+    }
+}
+
+/// (ivmm patch) Cuts grown-ahead space nothing was written to.
+impl Drop for File {
+    fn drop(&mut self) {
+        let size = *self.size.get_mut();
+        if self.grow_ahead.load(Ordering::Relaxed) != 0 && *self.allocated_end.get_mut() > size {
+            if let Err(err) = self.file.get_mut().set_len(size) {
+                warn!("Failed to cut grown-ahead space off {self}: {err}");
+            }
+        }
     }
 }
 
@@ -522,7 +562,69 @@ impl File {
             #[cfg(target_os = "macos")]
             relaxed_sync,
             discard_unsupported: AtomicBool::new(false),
+            grow_ahead: AtomicU64::new(0),
+            allocated_end: size.into(),
         })
+    }
+
+    /// (ivmm patch) Grow the file ahead of writes that extend it, as QEMU's `preallocate`
+    /// filter does: a write past the end first allocates (`fallocate()`) up to `bytes` beyond
+    /// it (rounded up to 1 MiB), so an image that grows cluster by cluster (an empty qcow2) is
+    /// written in place like a preallocated one instead of extending the file on every
+    /// allocation. A write of zeroes into that never-written space is free. On drop, the file
+    /// is cut back to the end of what was written. Only for writable regular files on Linux;
+    /// elsewhere, or if the first `fallocate()` fails, this does nothing.
+    pub fn set_grow_ahead(&self, bytes: u64) {
+        let regular = self.file.read().metadata().is_ok_and(|m| m.is_file());
+        if cfg!(target_os = "linux") && regular {
+            self.grow_ahead.store(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// (ivmm patch) Makes sure `[.., end)` lies inside the file, growing it ahead if enabled.
+    fn grow_for_write(&self, end: u64) {
+        let ahead = self.grow_ahead.load(Ordering::Relaxed);
+        if ahead == 0 || end <= self.allocated_end.load(Ordering::Acquire) {
+            return;
+        }
+        #[cfg(target_os = "linux")]
+        {
+            // The write lock orders this against `resize()` and other growers.
+            #[allow(clippy::readonly_write_lock)]
+            let file = self.file.write();
+            let from = self.allocated_end.load(Ordering::Acquire);
+            if end <= from {
+                return;
+            }
+            let to = end
+                .checked_next_multiple_of(GROW_AHEAD_ALIGN)
+                .and_then(|e| e.checked_add(ahead));
+            let range = to.and_then(|to| {
+                Some((
+                    libc::off_t::try_from(from).ok()?,
+                    libc::off_t::try_from(to - from).ok()?,
+                ))
+            });
+            let grown = range.is_some_and(|(ofs, len)| {
+                // Safe: the file descriptor is valid; the rest are integers.
+                while_eintr(|| unsafe { libc::fallocate(file.as_raw_fd(), 0, ofs, len) }).is_ok()
+            });
+            match (grown, to) {
+                (true, Some(to)) => self.allocated_end.store(to, Ordering::Release),
+                _ => {
+                    debug!("Growing {self} ahead failed; writing without it");
+                    self.grow_ahead.store(0, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// (ivmm patch) Whether `[offset, ..)` is grown-ahead space no write has touched yet,
+    /// which reads as zeroes and is allocated.
+    fn is_untouched_growth(&self, offset: u64, end: u64) -> bool {
+        self.grow_ahead.load(Ordering::Relaxed) != 0
+            && offset >= self.size.load(Ordering::Relaxed)
+            && end <= self.allocated_end.load(Ordering::Acquire)
     }
 
     /// Detect access and direct I/O modes for an externally supplied file.
@@ -1282,6 +1384,61 @@ mod tests {
         fn drop(&mut self) {
             let _ = std::fs::remove_file(&self.0);
         }
+    }
+
+    /// (ivmm patch) Grow-ahead: writes past the end grow the file ahead; zeroes into untouched
+    /// grown space cost nothing but read back as zeroes; nothing cuts grown space while open;
+    /// drop cuts the file back to the end of what was written.
+    #[cfg(target_os = "linux")]
+    #[maybe_async::test(feature = "sync", async(feature = "async", tokio::test))]
+    async fn grow_ahead_grows_on_extending_writes_and_drop_cuts_back() -> io::Result<()> {
+        let path = test_dir().join(format!("imago-grow-ahead-{}.raw", std::process::id()));
+        let _temp_path = TempPath(path.clone());
+        let len = || std::fs::metadata(&path).map(|m| m.len());
+        const MIB: u64 = 1 << 20;
+
+        let file = File::create_open(StorageCreateOptions::new().filename(&path)).await?;
+        file.write(&vec![0x11u8; 4096][..], 0).await?;
+        assert_eq!(len()?, 4096, "grow-ahead is off by default");
+
+        file.set_grow_ahead(4 * MIB);
+        file.write(&vec![0x22u8; 4096][..], 8192).await?;
+        let grown = len()?;
+        if grown == 12288 {
+            // fallocate() unsupported here (e.g. some tmpfs): grow-ahead switched itself off
+            return Ok(());
+        }
+        assert_eq!(grown, 5 * MIB, "12 KiB rounded up to 1 MiB, plus 4 MiB");
+        assert_eq!(file.size()?, 12288, "size() is the end of what was written");
+
+        // Inside grown space: no growth, and zeroes (untouched space) are free and read as such
+        file.write(&vec![0x33u8; 4096][..], 3 * MIB).await?;
+        file.write_allocated_zeroes(2 * MIB, MIB).await?;
+        file.write_zeroes(4 * MIB, 4096).await?;
+        assert_eq!(len()?, 5 * MIB, "nothing cut the grown space");
+        let mut buf = vec![0xffu8; MIB as usize];
+        file.read(&mut buf[..], 2 * MIB).await?;
+        assert!(buf.iter().all(|&b| b == 0));
+
+        // A write past the grown end grows again
+        file.write(&vec![0x44u8; 4096][..], 5 * MIB).await?;
+        assert_eq!(len()?, 10 * MIB);
+
+        // Zeroes over written data are really written
+        file.write_allocated_zeroes(8192, 4096).await?;
+        let mut page = vec![0xffu8; 4096];
+        file.read(&mut page[..], 8192).await?;
+        assert!(page.iter().all(|&b| b == 0));
+
+        drop(file);
+        assert_eq!(len()?, 5 * MIB + 4096, "cut back to the last write's end");
+        let data = std::fs::read(&path)?;
+        assert!(data[..4096].iter().all(|&b| b == 0x11));
+        assert!(data[3 * MIB as usize..3 * MIB as usize + 4096]
+            .iter()
+            .all(|&b| b == 0x33));
+        assert!(data[5 * MIB as usize..].iter().all(|&b| b == 0x44));
+        io::Result::Ok(())
     }
 
     #[cfg(any(target_os = "linux", target_os = "macos", windows))]

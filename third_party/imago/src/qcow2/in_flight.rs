@@ -63,6 +63,7 @@ pub(super) enum InFlightCheck {
 }
 
 impl InFlightAllocations {
+    /// The entry list, locked.
     fn entries(&self) -> MutexGuard<'_, Vec<InFlightEntry>> {
         // Entries stay consistent even if a holder panicked: every update is a single push or
         // removal.

@@ -450,6 +450,8 @@ impl<S: Storage, F: WrappedFormat<S>> Qcow2<S, F> {
     ///
     /// Does not do any clean-up: In case of error, the caller must drop `l2_changes`, which enters
     /// the clusters allocated so far into `self.clusters_to_free`, and free those.
+    // (ivmm patch) `deferred_cow` made it eight; the two out-lists belong together with the rest.
+    #[allow(clippy::too_many_arguments)]
     async fn prepare_data_mapping_no_cleanup(
         &self,
         offset: GuestOffset,
