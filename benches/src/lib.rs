@@ -1,8 +1,11 @@
 //! Benchmarks of the block layer against qemu-img, printed as a table.
 //!
 //! Rows: sequential 64 KiB write/read at depth 1, and 4 KiB write/read at
-//! depth 1 and 32 with a scattered access pattern, on a raw image, an empty
-//! qcow2 and a preallocated qcow2, all with `-t none` (O_DIRECT). qemu-img
+//! depth 1 and 32 with a scattered access pattern, on a raw image (fully
+//! allocated), an empty raw image (sparse, as `qemu-img create` makes it: the
+//! baseline an empty qcow2 is fairly compared with, both paying the file
+//! system's first write), an empty qcow2 and a preallocated qcow2, all with
+//! `-t none` (O_DIRECT). qemu-img
 //! bench has no random mode, so "rand" rows use a large prime stride
 //! (`-S 4096*7919`) for both tools, visiting blocks in a scattered order.
 //! Then `convert` (with and without `-c`) of a mostly-full image, both tools
@@ -112,12 +115,13 @@ impl Ctx {
         self.dir.join(name).display().to_string()
     }
 
-    /// Creates image `kind` ("raw", "qcow2", "qcow2-prealloc") named `name`.
+    /// Creates image `kind` ("raw", "raw-empty", "qcow2", "qcow2-prealloc") named `name`.
     fn make(&self, kind: &str, name: &str) -> Result<(String, &'static str), String> {
         let p = self.path(name);
         let size = self.size.to_string();
         let (fmt, opts) = match kind {
             "raw" => ("raw", "preallocation=full"),
+            "raw-empty" => ("raw", "preallocation=off"),
             "qcow2" => ("qcow2", "preallocation=off"),
             _ => ("qcow2", "preallocation=full"),
         };
@@ -232,13 +236,13 @@ fn io_table(ctx: &Ctx) -> Result<(), String> {
     println!("| test | image | ivmm | qemu-img | ivmm/qemu |");
     println!("|---|---|---:|---:|---:|");
     let mut ivmm_rates: Vec<(String, String, f64)> = Vec::new();
-    for kind in ["raw", "qcow2", "qcow2-prealloc"] {
+    for kind in ["raw", "raw-empty", "qcow2", "qcow2-prealloc"] {
         let (img, fmt) = ctx.make(kind, "bench.img")?;
         for row in ROWS {
             let mut rates = [0.0f64; 2];
             for (i, tool) in ["ivmm", "qemu"].iter().enumerate() {
-                // Empty qcow2 write rows start from a fresh image for both tools.
-                if kind == "qcow2" && row.write {
+                // Empty-image write rows start from a fresh image for both tools.
+                if matches!(kind, "qcow2" | "raw-empty") && row.write {
                     ctx.make(kind, "bench.img")?;
                 }
                 rates[i] = ctx.run(tool, row, &img, fmt)?;
@@ -256,8 +260,8 @@ fn io_table(ctx: &Ctx) -> Result<(), String> {
         let _ = std::fs::remove_file(&img);
     }
     println!();
-    println!("| test | ivmm qcow2/raw | ivmm qcow2-prealloc/raw |");
-    println!("|---|---:|---:|");
+    println!("| test | ivmm qcow2/raw | ivmm qcow2/raw-empty | ivmm qcow2-prealloc/raw |");
+    println!("|---|---:|---:|---:|");
     for row in ROWS {
         let get = |k: &str| {
             ivmm_rates
@@ -268,9 +272,10 @@ fn io_table(ctx: &Ctx) -> Result<(), String> {
         };
         let raw = get("raw").max(1e-9);
         println!(
-            "| {} | {:.2} | {:.2} |",
+            "| {} | {:.2} | {:.2} | {:.2} |",
             row.name,
             get("qcow2") / raw,
+            get("qcow2") / get("raw-empty").max(1e-9),
             get("qcow2-prealloc") / raw
         );
     }
