@@ -337,7 +337,7 @@ impl Lab {
         match self.mode {
             Mode::Direct => self.run_direct(&job, opts),
             Mode::Nested if interactive => self.run_nested(&job, opts, true),
-            Mode::Nested => once_more_after_l1_panic(|| self.run_nested(&job, opts, false)),
+            Mode::Nested => once_more_after_lab_fault(|| self.run_nested(&job, opts, false)),
         }
     }
 
@@ -625,19 +625,34 @@ impl Job {
 }
 
 /// Interprets QEMU's output: L1 log, console between the run markers, exit codes.
-/// Runs `run` again, once, if L1's kernel panicked: L1's own kernel (KVM on QEMU's emulated
-/// SVM) has been seen to overflow its stack under nested load (tests/README.md), which is the
-/// lab failing, not the run. Nothing in L1 that a run does can panic a sound kernel, so this
-/// hides no result of the run; the panic is printed.
-fn once_more_after_l1_panic<T>(mut run: impl FnMut() -> Result<T>) -> Result<T> {
+/// Runs `run` again, once, after one of the nested lab's own faults (tests/README.md), printing
+/// it: L1's kernel panicked (KVM on QEMU's emulated SVM overflowing L1's stack), which nothing
+/// a run does in L1 userspace can cause; or the run timed out with the L2 kernel reporting a
+/// vCPU that stopped (RCU stall or soft lockup), the lab hang seen with QEMU as the L2's VMM as
+/// well as with ivmm (an ivmm bug stopping a vCPU now and then would get a second chance too:
+/// hence the whole report on stderr). A second fault fails the run.
+fn once_more_after_lab_fault<T>(mut run: impl FnMut() -> Result<T>) -> Result<T> {
     match run() {
-        Err(LabError::L1Panic { log }) => {
-            eprintln!(
-                "ivmm lab: L1's kernel panicked (a lab fault); running once more. L1 log:\n{log}"
-            );
+        Err(err) if is_lab_fault(&err) => {
+            eprintln!("ivmm lab: RETRY after a lab fault (tests/README.md):\n{err}");
             run()
         }
         other => other,
+    }
+}
+
+/// L2 kernel messages saying a vCPU stopped responding.
+const L2_STALL_SIGNS: [&str; 3] = [
+    "detected stalls on CPUs",
+    "self-detected stall on CPU",
+    "watchdog: BUG: soft lockup",
+];
+
+fn is_lab_fault(err: &LabError) -> bool {
+    match err {
+        LabError::L1Panic { .. } => true,
+        LabError::Timeout { log, .. } => L2_STALL_SIGNS.iter().any(|s| log.contains(s)),
+        _ => false,
     }
 }
 
@@ -861,12 +876,12 @@ mod tests {
     }
 
     #[test]
-    fn an_l1_panic_runs_once_more_and_a_second_one_fails() {
+    fn a_lab_fault_runs_once_more_and_a_second_one_fails() {
         let panic = || LabError::L1Panic {
             log: "Kernel panic".into(),
         };
         let mut calls = 0;
-        let out = once_more_after_l1_panic(|| {
+        let out = once_more_after_lab_fault(|| {
             calls += 1;
             if calls == 1 {
                 Err(panic())
@@ -876,20 +891,37 @@ mod tests {
         });
         assert_eq!(out.ok(), Some(2));
         let mut calls = 0;
-        let out: Result<()> = once_more_after_l1_panic(|| {
+        let out: Result<()> = once_more_after_lab_fault(|| {
             calls += 1;
             Err(panic())
         });
         assert!(matches!(out, Err(LabError::L1Panic { .. })));
         assert_eq!(calls, 2);
-        // Other failures are the run's own: no second run.
+        // The run's own failures: no second run.
         let mut calls = 0;
-        let out: Result<()> = once_more_after_l1_panic(|| {
+        let out: Result<()> = once_more_after_lab_fault(|| {
             calls += 1;
             Err(LabError::L1NoKvm { log: String::new() })
         });
         assert!(matches!(out, Err(LabError::L1NoKvm { .. })));
         assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn only_a_timeout_with_a_stalled_l2_is_a_lab_fault() {
+        let timeout = |log: &str| LabError::Timeout {
+            after: Duration::from_secs(1),
+            phase: "running in L1",
+            log: log.into(),
+            diagnosis: String::new(),
+        };
+        let stalled = "[ 26.2] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n";
+        assert!(is_lab_fault(&timeout(stalled)));
+        assert!(is_lab_fault(&timeout(
+            "[ 80.7] watchdog: BUG: soft lockup - CPU#2 stuck"
+        )));
+        // A plain hang (ivmm or the guest command stuck, the L2 kernel fine) is the run's.
+        assert!(!is_lab_fault(&timeout("IVMM-GUEST-INIT\nIVMM-CMD-BEGIN\n")));
     }
 
     #[test]
