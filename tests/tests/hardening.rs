@@ -10,7 +10,7 @@ use std::time::Duration;
 
 mod common;
 
-use ivmm_tests::{Lab, LabOutcome, RunOptions};
+use ivmm_tests::{Lab, LabError, LabOutcome, RunOptions};
 
 use common::{ivmm_command, nested_lab as lab};
 
@@ -277,10 +277,23 @@ fn hostile_guest_cannot_crash_hang_or_bloat_ivmm() {
     let lab = lab();
     let (carrier, size) = hostile_disk();
     let target = Image::qcow2("target", "64M", 80 << 20);
-    let seed = hostile_seed();
-    eprintln!("hostile guest seed {seed} (IVMM_HOSTILE_SEED={seed} replays it)");
-    // (An L1 kernel panic, seen under this attack too, is the lab's: the harness runs once more.)
-    let out = run_hostile(&lab, &carrier, &target, size, seed).expect("lab run");
+    let mut seed = hostile_seed();
+    let mut attempt = 1;
+    let out = loop {
+        eprintln!("hostile guest seed {seed} (IVMM_HOSTILE_SEED={seed} replays it)");
+        match run_hostile(&lab, &carrier, &target, size, seed) {
+            // The nested lab's own L1 kernel (KVM on QEMU's emulated SVM)
+            // overflows its stack under some attacks (one seed did it twice
+            // in a row, the harness's same-seed rerun included): that is
+            // not ivmm failing, so once it earns a fresh seed.
+            Err(LabError::L1Panic { log }) if attempt == 1 => {
+                eprintln!("the lab's L1 kernel panicked (not ivmm); once more:\n{log}");
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                attempt += 1;
+            }
+            other => break other.expect("lab run"),
+        }
+    };
     let c = &out.console;
     for l in c
         .lines()
