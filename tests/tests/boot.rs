@@ -210,7 +210,7 @@ fn reboot_restart_boots_the_guest_again() {
            c=$(grep -c '^BOOTED' boot.log 2>/dev/null); [ \"${{c:-0}}\" -ge 2 ] && break; \
            sleep 0.2; n=$((n+1)); done; \
          kill -0 $pid && echo STILL-RUNNING; kill -9 $pid; \
-         echo BOOTS=$(grep -c '^BOOTED' boot.log)",
+         echo BOOTS=$(grep -c '^BOOTED' boot.log); echo '--- boot.log tail'; tail -n 30 boot.log",
     );
     let opts = RunOptions::new().timeout(Duration::from_secs(300));
     let out = lab.run_shell(&script, opts).expect("lab run");
