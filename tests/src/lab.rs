@@ -626,8 +626,8 @@ impl Job {
 
 /// Interprets QEMU's output: L1 log, console between the run markers, exit codes.
 /// Runs `run` again, once, after one of the nested lab's own faults (tests/README.md), printing
-/// it: L1's kernel panicked (KVM on QEMU's emulated SVM overflowing L1's stack), which nothing
-/// a run does in L1 userspace can cause; or the run timed out with the L2 kernel reporting a
+/// it: L1's kernel panicked (KVM on QEMU's emulated SVM overflowing L1's stack) or L1 vanished
+/// without reporting (a triple fault), which nothing a run does in L1 userspace can cause; or the run timed out with the L2 kernel reporting a
 /// vCPU that stopped (RCU stall or soft lockup), the lab hang seen with QEMU as the L2's VMM as
 /// well as with ivmm (an ivmm bug stopping a vCPU now and then would get a second chance too:
 /// hence the whole report on stderr). A second fault fails the run.
@@ -650,7 +650,8 @@ const L2_STALL_SIGNS: [&str; 3] = [
 
 fn is_lab_fault(err: &LabError) -> bool {
     match err {
-        LabError::L1Panic { .. } => true,
+        // L1 gone without a word (QEMU exits 0 on L1's triple fault, with -no-reboot).
+        LabError::L1Panic { .. } | LabError::L1Died { .. } => true,
         LabError::Timeout { log, .. } => L2_STALL_SIGNS.iter().any(|s| log.contains(s)),
         _ => false,
     }
@@ -897,6 +898,20 @@ mod tests {
         });
         assert!(matches!(out, Err(LabError::L1Panic { .. })));
         assert_eq!(calls, 2);
+        let died = || LabError::L1Died {
+            status: "exit status: 0".into(),
+            log: String::new(),
+        };
+        let mut calls = 0;
+        let out = once_more_after_lab_fault(|| {
+            calls += 1;
+            if calls == 1 {
+                Err(died())
+            } else {
+                Ok(calls)
+            }
+        });
+        assert_eq!(out.ok(), Some(2));
         // The run's own failures: no second run.
         let mut calls = 0;
         let out: Result<()> = once_more_after_lab_fault(|| {
