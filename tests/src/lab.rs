@@ -652,9 +652,38 @@ fn is_lab_fault(err: &LabError) -> bool {
     match err {
         // L1 gone without a word (QEMU exits 0 on L1's triple fault, with -no-reboot).
         LabError::L1Panic { .. } | LabError::L1Died { .. } => true,
-        LabError::Timeout { log, .. } => L2_STALL_SIGNS.iter().any(|s| log.contains(s)),
+        LabError::Timeout { log, diagnosis, .. } => {
+            L2_STALL_SIGNS.iter().any(|s| log.contains(s)) || spins_with_interrupts_off(diagnosis)
+        }
         _ => false,
     }
+}
+
+/// Whether the timeout report's two samples, a second apart, show an L1 vCPU at the same RIP,
+/// not halted, with interrupts off (RFLAGS.IF clear): L1's kernel (or, while it runs one, an
+/// L2's) wedged with interrupts off for a second or more. Seen with no L2 output at all and
+/// L1's CR2 pointing into a module, the same as a `lab_net` run whose L1 hung that way.
+fn spins_with_interrupts_off(diagnosis: &str) -> bool {
+    let Some((first, second)) = diagnosis.split_once("sample 2:") else {
+        return false;
+    };
+    let stuck = |line: &str| -> Option<(String, String)> {
+        let cpu = line
+            .split_whitespace()
+            .next()?
+            .strip_prefix("CPU#")?
+            .to_string();
+        let field = |key: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .map(str::to_string)
+        };
+        let flags = u64::from_str_radix(&field("RFL=")?, 16).ok()?;
+        let off = flags & 0x200 == 0 && field("HLT=").as_deref() == Some("0");
+        off.then(|| (cpu, field("RIP=").unwrap_or_default()))
+    };
+    let early: Vec<_> = first.lines().filter_map(stuck).collect();
+    second.lines().filter_map(stuck).any(|s| early.contains(&s))
 }
 
 fn nested_outcome(raw: &runner::RawRun) -> Result<LabOutcome> {
@@ -937,6 +966,34 @@ mod tests {
         )));
         // A plain hang (ivmm or the guest command stuck, the L2 kernel fine) is the run's.
         assert!(!is_lab_fault(&timeout("IVMM-GUEST-INIT\nIVMM-CMD-BEGIN\n")));
+    }
+
+    #[test]
+    fn a_vcpu_wedged_with_interrupts_off_is_a_lab_fault() {
+        let report = |rfl0: &str, rip0b: &str| {
+            format!(
+                "L1 vCPUs at the timeout:\nsample 1:\n\
+                 CPU#0 RIP=ffffffffaf2656b5 RFL={rfl0} [-------] CPL=0 II=0 HLT=0 CR0=80050033\n\
+                 CPU#1 RIP=ffffffffafc17a0b RFL=00000212 [----A--] CPL=0 II=0 HLT=1 CR0=80050033\n\
+                 sample 2:\n\
+                 CPU#0 RIP={rip0b} RFL={rfl0} [-------] CPL=0 II=0 HLT=0 CR0=80050033\n\
+                 CPU#1 RIP=ffffffffafc17a0b RFL=00000212 [----A--] CPL=0 II=0 HLT=1 CR0=80050033\n"
+            )
+        };
+        assert!(spins_with_interrupts_off(&report(
+            "00000002",
+            "ffffffffaf2656b5"
+        )));
+        // Interrupts on, or moving, or only halted vCPUs: not this fault.
+        assert!(!spins_with_interrupts_off(&report(
+            "00000202",
+            "ffffffffaf2656b5"
+        )));
+        assert!(!spins_with_interrupts_off(&report(
+            "00000002",
+            "ffffffffaf2656c0"
+        )));
+        assert!(!spins_with_interrupts_off(""));
     }
 
     #[test]
