@@ -905,48 +905,39 @@ mod tests {
         ));
     }
 
+    /// Runs `once_more_after_lab_fault` over a run that fails with `fault()` the first
+    /// `failures` times and then succeeds; returns the outcome and how many runs were made.
+    fn rerun(fault: impl Fn() -> LabError, failures: usize) -> (Result<()>, usize) {
+        let mut calls = 0;
+        let out = once_more_after_lab_fault(|| {
+            calls += 1;
+            if calls <= failures {
+                Err(fault())
+            } else {
+                Ok(())
+            }
+        });
+        (out, calls)
+    }
+
     #[test]
     fn a_lab_fault_runs_once_more_and_a_second_one_fails() {
         let panic = || LabError::L1Panic {
             log: "Kernel panic".into(),
         };
-        let mut calls = 0;
-        let out = once_more_after_lab_fault(|| {
-            calls += 1;
-            if calls == 1 {
-                Err(panic())
-            } else {
-                Ok(calls)
-            }
-        });
-        assert_eq!(out.ok(), Some(2));
-        let mut calls = 0;
-        let out: Result<()> = once_more_after_lab_fault(|| {
-            calls += 1;
-            Err(panic())
-        });
-        assert!(matches!(out, Err(LabError::L1Panic { .. })));
-        assert_eq!(calls, 2);
         let died = || LabError::L1Died {
             status: "exit status: 0".into(),
             log: String::new(),
         };
-        let mut calls = 0;
-        let out = once_more_after_lab_fault(|| {
-            calls += 1;
-            if calls == 1 {
-                Err(died())
-            } else {
-                Ok(calls)
-            }
-        });
-        assert_eq!(out.ok(), Some(2));
+        let (out, calls) = rerun(panic, 1);
+        assert!(out.is_ok() && calls == 2);
+        let (out, calls) = rerun(died, 1);
+        assert!(out.is_ok() && calls == 2);
+        let (out, calls) = rerun(panic, 2);
+        assert!(matches!(out, Err(LabError::L1Panic { .. })));
+        assert_eq!(calls, 2);
         // The run's own failures: no second run.
-        let mut calls = 0;
-        let out: Result<()> = once_more_after_lab_fault(|| {
-            calls += 1;
-            Err(LabError::L1NoKvm { log: String::new() })
-        });
+        let (out, calls) = rerun(|| LabError::L1NoKvm { log: String::new() }, 1);
         assert!(matches!(out, Err(LabError::L1NoKvm { .. })));
         assert_eq!(calls, 1);
     }
