@@ -481,7 +481,9 @@ impl Storage for File {
 impl Drop for File {
     fn drop(&mut self) {
         let size = *self.size.get_mut();
-        if self.grow_ahead.load(Ordering::Relaxed) != 0 && *self.allocated_end.get_mut() > size {
+        // Only grown-ahead space makes the file longer than what was written; this also cuts
+        // it when a later growth failed and switched grow-ahead off.
+        if *self.allocated_end.get_mut() > size {
             if let Err(err) = self.file.get_mut().set_len(size) {
                 warn!("Failed to cut grown-ahead space off {self}: {err}");
             }
