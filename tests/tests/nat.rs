@@ -10,7 +10,7 @@ mod common;
 
 use ivmm_tests::RunOptions;
 
-use common::{ivmm_command, nested_lab as lab, value};
+use common::{ivmm_command, nested_lab as lab, value, WAIT_LOG_SH};
 
 /// Guest side of DHCP: udhcpc with a script that prints the lease and
 /// configures eth0, its default route and resolver.
@@ -64,8 +64,7 @@ fn nat_guests_get_leases_dns_and_nat_reach_each_other_and_a_tap_bridge_peer() {
         &format!("{DHCP}{GUEST_B}"),
     );
     let script = format!(
-        r#"wait_log() {{ i=0; until grep -q "$2" "$1" 2>/dev/null; do i=$((i+1)); [ $i -gt 1500 ] && return 1; sleep 0.2; done; }}
-ip link set lo up
+        r#"{WAIT_LOG_SH}ip link set lo up
 # upstream: DNS (upstream.test) and HTTP, behind a veth; L1's default route.
 unshare -n sleep 900 & UP=$!
 ip link add up0 type veth && ip link set veth0 netns $UP
@@ -83,13 +82,13 @@ ip link add brtest type bridge && ip link set brtest up
 ip link add pv0 type veth && ip link set veth0 netns $PR && ip link set pv0 master brtest && ip link set pv0 up
 nsenter -t $PR -n sh -c 'ip link set veth0 name pv1; ip addr add 10.5.0.2/24 dev pv1; ip link set pv1 up'
 {guest_a} & A=$!
-wait_log /tmp/a.log LEASE-eth0 || echo A-NO-LEASE
+wait_log /tmp/a.log LEASE-eth0 $A || echo A-NO-LEASE
 {guest_b} & B=$!
 i=0; until [ -e /sys/class/net/taptest ]; do i=$((i+1)); [ $i -gt 600 ] && break; sleep 0.1; done
 ip link set taptest master brtest && ip link set taptest up && echo TAP-ON-BRIDGE
 echo BRIDGE-PORTS=$(ls /sys/class/net/ivmm-0a000200/brif | grep -c '^ivmm')
 wait $B; echo B-RC=$?
-wait_log /tmp/a.log A-DONE
+wait_log /tmp/a.log A-DONE $A
 kill -TERM $A; wait $A; echo A-RC=$?
 echo LINKS-AFTER=$(ls /sys/class/net | grep -c '^ivmm')
 echo RUN-AFTER=$(ls /run/ivmm/nat | grep -c '^ivmm-')

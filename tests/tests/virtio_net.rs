@@ -10,7 +10,7 @@ mod common;
 
 use ivmm_tests::RunOptions;
 
-use common::{ivmm_command, nested_lab as lab, value};
+use common::{ivmm_command, nested_lab as lab, value, WAIT_LOG_SH};
 
 /// 4 MiB each way: enough for TSO and mergeable receive buffers to matter.
 const BULK: u64 = 4 << 20;
@@ -50,14 +50,14 @@ fn tap_nic_pings_l1_with_the_stable_mac_and_moves_4_mib_each_way_intact() {
     // listens, and the TAP's counters before the guest ends (a non-persistent
     // TAP vanishes with ivmm).
     let script = format!(
-        "dd if=/dev/urandom of=/tmp/l1data bs=1024 count=4096 2>/dev/null; echo L1SUM=$(md5sum </tmp/l1data)\n\
+        "{WAIT_LOG_SH}dd if=/dev/urandom of=/tmp/l1data bs=1024 count=4096 2>/dev/null; echo L1SUM=$(md5sum </tmp/l1data)\n\
          (sleep 900 | nc -l -p 5000 >/tmp/fromguest) &\n\
          {run} & P=$!\n\
          i=0; until [ -e /sys/class/net/tap0 ]; do i=$((i+1)); [ $i -gt 600 ] && break; sleep 0.1; done\n\
          ip addr add 10.0.2.1/24 dev tap0 && ip link set tap0 up && echo TAP-UP\n\
-         i=0; until grep -q RX-LISTEN /tmp/g.log 2>/dev/null; do i=$((i+1)); [ $i -gt 1500 ] && break; sleep 0.2; done\n\
-         i=0; until nc 10.0.2.15 5001 </tmp/l1data; do i=$((i+1)); [ $i -gt 20 ] && break; sleep 0.5; done; echo L1-SENT\n\
-         i=0; until grep -q BULK-DONE /tmp/g.log 2>/dev/null; do i=$((i+1)); [ $i -gt 1500 ] && break; sleep 0.2; done\n\
+         wait_log /tmp/g.log RX-LISTEN $P && {{\n\
+         i=0; until nc 10.0.2.15 5001 </tmp/l1data; do i=$((i+1)); [ $i -gt 20 ] && break; sleep 0.5; done; echo L1-SENT; }}\n\
+         wait_log /tmp/g.log BULK-DONE $P\n\
          s=/sys/class/net/tap0/statistics\n\
          echo TAPSTATS=$(cat $s/rx_packets) $(cat $s/rx_bytes) $(cat $s/tx_packets) $(cat $s/tx_bytes) $(cat $s/rx_dropped) $(cat $s/tx_dropped)\n\
          wait $P; echo IVMM-RC=$?\n\

@@ -23,6 +23,15 @@ pub fn ivmm_command(args: &[&str], cmd: &str) -> String {
         .expect("ivmm args")
 }
 
+/// Shell function for L1 scripts: `wait_log FILE PATTERN PID` waits (up to
+/// 300 s) until FILE has a line matching PATTERN, and gives up as soon as
+/// process PID (the ivmm writing FILE) is gone, so a guest that ended early
+/// fails the test at once with its log instead of running into the timeout.
+pub const WAIT_LOG_SH: &str = r#"wait_log() { i=0; until grep -q "$2" "$1" 2>/dev/null; do
+  kill -0 "$3" 2>/dev/null || { grep -q "$2" "$1" 2>/dev/null; return; }
+  i=$((i+1)); [ $i -gt 1500 ] && return 1; sleep 0.2; done; }
+"#;
+
 /// The value after `KEY=` on the first console line that has it.
 pub fn value<'a>(out: &'a LabOutcome, key: &str) -> &'a str {
     out.console
