@@ -101,17 +101,19 @@ fn main() {
             "echo NET-VMM {vmm}\n: > /tmp/con.log; {command} > /tmp/con.log 2>&1 & P=$!\n\
              i=0; until [ -e /sys/class/net/{tap} ]; do i=$((i+1)); [ $i -gt 900 ] && break; sleep 0.1; done\n\
              ip addr add 10.0.2.1/24 dev {tap} && ip link set {tap} up\n\
-             w NET-MARK-TX-BEGIN; A=$(snap); w NET-MARK-TX-END; B=$(snap)\n\
-             w NET-MARK-RX-BEGIN; C=$(snap); w NET-MARK-RX-END; D=$(snap)\n\
+             w NET-MARK-TX-BEGIN; hist_on; A=$(snap); w NET-MARK-TX-END; B=$(snap); X=$(hist_off)\n\
+             w NET-MARK-RX-BEGIN; hist_on; C=$(snap); w NET-MARK-RX-END; D=$(snap); Y=$(hist_off)\n\
              wait $P; echo NET-EXIT $?\n\
              grep -E '^NET-(TX|RX|RTT|DONE)' /tmp/con.log\n\
-             echo NET-COUNT TX $A $B; echo NET-COUNT RX $C $D\n"
+             grep -q NET-DONE /tmp/con.log || {{ echo NET-FAILED {vmm}; tail -n 40 /tmp/con.log; }}\n\
+             echo NET-COUNT TX $A $B; echo NET-COUNT RX $C $D\n\
+             echo NET-REASONS TX $X; echo NET-REASONS RX $Y\n"
         )
     };
     let mut script = format!(
         "ip link set lo up\n{IPERF3} -s -D\nsleep 1\n{L1_MARKER_WAIT}\
          K=/sys/kernel/debug/kvm\n\
-         snap() {{ echo $(cd $K && cat {counters}); }}\n",
+         snap() {{ echo $(cd $K && cat {counters}); }}\n{HIST_SH}",
         counters = COUNTERS.join(" ")
     );
     for _ in 0..rounds {
@@ -162,6 +164,14 @@ fn main() {
                 }
             }
         }
+        if let Some((dir, pairs)) = reasons(line) {
+            let mb = moved[usize::from(dir == "RX")];
+            if mb > 0.0 {
+                for (code, n) in pairs {
+                    record(&current, &format!("{dir} exit {code}"), n as f64 / mb);
+                }
+            }
+        }
         if let Some((dir, deltas)) = counts(line) {
             let mb = moved[usize::from(dir == "RX")];
             if mb > 0.0 {
@@ -183,6 +193,10 @@ fn main() {
     if results.is_empty() {
         eprintln!("{}", out.console);
         fail("no measurements in the console");
+    }
+    if out.console.contains("NET-FAILED") {
+        // A round without results: show what its guest printed.
+        eprintln!("{}", out.console);
     }
     println!(
         "virtio-net in the {:?} lab: iperf3 TCP {seconds} s each way against L1 over a TAP, ping RTT (20), 1 vCPU, 512 MiB, median of {rounds} rounds",
@@ -211,6 +225,73 @@ fn main() {
             println!("| {metric:<28} | {i:>8.1} | {q:>8.1} | {:>9.2} |", i / q);
         }
     }
+    println!();
+    println!("KVM exits in L1 by SVM exit reason per MByte moved (median of rounds):");
+    println!("| direction, exit reason              |     ivmm |     QEMU |");
+    println!("|-------------------------------------|----------|----------|");
+    for dir in ["TX", "RX"] {
+        let prefix = format!("{dir} exit ");
+        let mut codes: Vec<u32> = results
+            .iter()
+            .filter_map(|(_, k, _)| k.strip_prefix(&prefix)?.parse().ok())
+            .collect();
+        codes.sort_unstable();
+        codes.dedup();
+        for code in codes {
+            let metric = format!("{prefix}{code}");
+            let (i, q) = (get("ivmm", &metric), get("qemu", &metric));
+            if i.max(q) < 0.05 {
+                continue;
+            }
+            let label = format!("{dir} {}", svm_exit_name(code));
+            println!("| {label:<35} | {i:>8.2} | {q:>8.2} |");
+        }
+    }
+}
+
+/// L1 shell functions: `hist_on` starts counting KVM exits by exit reason (a
+/// histogram trigger on the `kvm:kvm_exit` tracepoint), `hist_off` prints the
+/// counts as `reason:count` words and removes the trigger.
+const HIST_SH: &str = "T=/sys/kernel/tracing; [ -d $T/events ] || mount -t tracefs nodev $T 2>/dev/null\n\
+    H='hist:keys=exit_reason:vals=hitcount'\n\
+    hist_on() { echo \"$H\" > $T/events/kvm/kvm_exit/trigger; }\n\
+    hist_off() { echo $(sed -n 's/^{ exit_reason: *\\([0-9]*\\) *} hitcount: *\\([0-9]*\\).*/\\1:\\2/p' $T/events/kvm/kvm_exit/hist); \
+    echo \"!$H\" > $T/events/kvm/kvm_exit/trigger; }\n";
+
+/// Names of the SVM exit codes (AMD APM vol. 2, appendix C) that the lab's
+/// L2 guests cause; others print as numbers.
+fn svm_exit_name(code: u32) -> String {
+    let name = match code {
+        0x00..=0x0f => return format!("CR{} read", code),
+        0x10..=0x1f => return format!("CR{} write", code - 0x10),
+        0x40..=0x5f => return format!("exception {}", code - 0x40),
+        0x60 => "INTR (host interrupt)",
+        0x61 => "NMI",
+        0x64 => "VINTR (interrupt window)",
+        0x6e => "RDTSC",
+        0x72 => "CPUID",
+        0x77 => "PAUSE",
+        0x78 => "HLT",
+        0x7b => "IOIO",
+        0x7c => "MSR",
+        0x81 => "VMMCALL",
+        0x400 => "NPF (MMIO, EPT-style fault)",
+        _ => return format!("0x{code:x}"),
+    };
+    name.to_string()
+}
+
+/// `NET-REASONS TX|RX reason:count ...` -> direction and (reason, count) pairs.
+fn reasons(line: &str) -> Option<(&str, Vec<(u32, u64)>)> {
+    let mut words = line.strip_prefix("NET-REASONS ")?.split_whitespace();
+    let dir = words.next()?;
+    let pairs = words
+        .map(|w| {
+            let (r, c) = w.split_once(':')?;
+            Some((r.parse().ok()?, c.parse().ok()?))
+        })
+        .collect::<Option<_>>()?;
+    Some((dir, pairs))
 }
 
 /// What L1's `snap` reads, in order (files in /sys/kernel/debug/kvm).
@@ -256,5 +337,18 @@ mod tests {
         let line = "NET-COUNT TX 10 5 3 1 110 25 4 1";
         assert_eq!(super::counts(line), Some(("TX", vec![100, 20, 1, 0])));
         assert_eq!(super::counts("NET-COUNT RX 1 2"), None);
+    }
+
+    #[test]
+    fn reason_lines_give_pairs() {
+        let line = "NET-REASONS TX 96:120 1024:7";
+        assert_eq!(
+            super::reasons(line),
+            Some(("TX", vec![(96, 120), (1024, 7)]))
+        );
+        assert_eq!(super::reasons("NET-REASONS RX"), Some(("RX", vec![])));
+        assert_eq!(super::reasons("NET-REASONS RX 96"), None);
+        assert_eq!(super::svm_exit_name(0x78), "HLT");
+        assert_eq!(super::svm_exit_name(0x4e), "exception 14");
     }
 }
