@@ -192,6 +192,13 @@ fn reboot_exits_zero_for_acpi_keyboard_and_triple_fault_resets() {
             "reboot={method}\n{}",
             explain(&out)
         );
+        // ivmm names a triple fault, and only that.
+        assert_eq!(
+            out.console.contains("triple fault (KVM_EXIT_SHUTDOWN)"),
+            method == "triple",
+            "reboot={method}\n{}",
+            explain(&out)
+        );
     }
 }
 

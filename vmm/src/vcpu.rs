@@ -223,7 +223,12 @@ fn run_loop(index: u32, fd: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReason
                 // Only reachable without an in-kernel LAPIC; treat as idle.
                 std::thread::yield_now();
             }
-            Ok(VcpuExit::Shutdown) => return Some(ExitReason::Reset), // triple fault
+            Ok(VcpuExit::Shutdown) => {
+                // A triple fault resets the machine, as on hardware (and in
+                // QEMU); say so, since the guest asked for no reboot.
+                log::warn!("vCPU {index}: triple fault (KVM_EXIT_SHUTDOWN); resetting the machine");
+                return Some(ExitReason::Reset);
+            }
             Ok(VcpuExit::SystemEvent(kind, _)) => {
                 return Some(match kind {
                     KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,
