@@ -7,6 +7,9 @@
 //! the ratio is the result, not the absolute numbers.
 //!
 //! Usage: `cargo run --release -p ivmm-benches --bin lab_net [-- ROUNDS [SECONDS]]`
+//! `LAB_NET_PIN=1`: in L1, each VMM's vCPU thread runs on CPU 0 and all its other threads
+//! (its network work, and threads they start) on CPU 1, so no run depends on where L1's
+//! scheduler happens to wake them.
 //! Needs `iperf3` installed on the host (`apt-get install iperf3`) and `mkfs.ext4`.
 
 use std::time::Duration;
@@ -101,6 +104,7 @@ fn main() {
             "echo NET-VMM {vmm}\n: > /tmp/con.log; {command} > /tmp/con.log 2>&1 & P=$!\n\
              i=0; until [ -e /sys/class/net/{tap} ]; do i=$((i+1)); [ $i -gt 900 ] && break; sleep 0.1; done\n\
              ip addr add 10.0.2.1/24 dev {tap} && ip link set {tap} up\n\
+             [ -n \"$PIN\" ] && pin\n\
              w NET-MARK-TX-BEGIN; hist_on; A=$(snap); w NET-MARK-TX-END; B=$(snap); X=$(hist_off)\n\
              w NET-MARK-RX-BEGIN; hist_on; C=$(snap); w NET-MARK-RX-END; D=$(snap); Y=$(hist_off)\n\
              wait $P; echo NET-EXIT $?\n\
@@ -110,8 +114,13 @@ fn main() {
              echo NET-REASONS TX $X; echo NET-REASONS RX $Y\n"
         )
     };
+    let pin = if std::env::var_os("LAB_NET_PIN").is_some() {
+        "PIN=1\n"
+    } else {
+        ""
+    };
     let mut script = format!(
-        "ip link set lo up\n{IPERF3} -s -D\nsleep 1\n{L1_MARKER_WAIT}\
+        "{pin}{PIN_SH}ip link set lo up\n{IPERF3} -s -D\nsleep 1\n{L1_MARKER_WAIT}\
          K=/sys/kernel/debug/kvm\n\
          snap() {{ echo $(cd $K && cat {counters}); }}\n{HIST_SH}",
         counters = COUNTERS.join(" ")
@@ -194,6 +203,9 @@ fn main() {
         eprintln!("{}", out.console);
         fail("no measurements in the console");
     }
+    for line in out.console.lines().filter(|l| l.starts_with("NET-PINNED")) {
+        eprintln!("{line}");
+    }
     if out.console.contains("NET-FAILED") {
         // A round without results: show what its guest printed.
         eprintln!("{}", out.console);
@@ -248,6 +260,13 @@ fn main() {
         }
     }
 }
+
+/// L1 shell function `pin`: the VMM's (`$P`) first vCPU thread (ivmm `vcpu0`, QEMU
+/// `CPU 0/KVM`) to CPU 0, its other threads to CPU 1; threads started later inherit their
+/// starter's CPU (ivmm's device threads come from its spawner thread).
+const PIN_SH: &str = "pin() { for t in /proc/$P/task/*; do case \"$(cat $t/comm)\" in \
+    vcpu0|'CPU 0/KVM') m=1;; *) m=2;; esac; taskset -p $m ${t##*/} >/dev/null; done; \
+    echo NET-PINNED $(for t in /proc/$P/task/*; do echo $(cat $t/comm)@$(taskset -p ${t##*/} | sed 's/.*: //'); done); }\n";
 
 /// L1 shell functions: `hist_on` starts counting KVM exits by exit reason (a
 /// histogram trigger on the `kvm:kvm_exit` tracepoint), `hist_off` prints the
