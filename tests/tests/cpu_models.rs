@@ -139,7 +139,7 @@ struct Section {
     /// The output of the last attempt.
     text: String,
     /// The first attempt's output and why it was run again, if it was.
-    stuck: Option<String>,
+    first_attempt: Option<String>,
 }
 
 fn sections(console: &str) -> Vec<(String, Section)> {
@@ -162,7 +162,7 @@ fn sections(console: &str) -> Vec<(String, Section)> {
             .unwrap_or(-1);
         let text = &body[..end];
         let again_marker = format!("=== AGAIN {name}:");
-        let (text, stuck) = match text.find(&again_marker) {
+        let (text, first_attempt) = match text.find(&again_marker) {
             Some(at) => {
                 let retry = &text[at..];
                 let eol = retry.find('\n').unwrap_or(retry.len());
@@ -175,7 +175,14 @@ fn sections(console: &str) -> Vec<(String, Section)> {
             }
             None => (text.to_string(), None),
         };
-        out.push((name, Section { rc, text, stuck }));
+        out.push((
+            name,
+            Section {
+                rc,
+                text,
+                first_attempt,
+            },
+        ));
         rest = &body[end..];
     }
     out
@@ -245,6 +252,15 @@ fn diff(a: &BTreeSet<String>, b: &BTreeSet<String>) -> String {
     format!("only ivmm: {only_a:?}; only QEMU: {only_b:?}")
 }
 
+/// Run options that bring both VMMs into L1: QEMU (with microvm's firmware) and ivmm.
+fn both_vmms(ivmm_host: &std::path::Path) -> RunOptions {
+    RunOptions::new()
+        .host_binary(QEMU)
+        .host_binary(ivmm_host)
+        .host_file("/usr/share/seabios/bios-microvm.bin")
+        .host_file("/usr/share/qemu/linuxboot_dma.bin")
+}
+
 /// The 4-vCPU topology boots (`ivmm-topo`, `qemu-topo`), in a lab run of their own: SMP
 /// L2s are where the lab's faults strike (an early L2 triple fault, then a VMM that SIGKILL
 /// does not end, L1 idle; tests/README.md), and in a run of their own such a hang costs one
@@ -270,14 +286,7 @@ fn topology_console(
         qemu_run("host", "-smp 4,sockets=1,cores=2,threads=2", topo_cmd)
     );
     // L1's boot, and two boots with one rerun each at RUN_BOUND_SECS.
-    let opts = || {
-        RunOptions::new()
-            .host_binary(QEMU)
-            .host_binary(ivmm_host)
-            .host_file("/usr/share/seabios/bios-microvm.bin")
-            .host_file("/usr/share/qemu/linuxboot_dma.bin")
-            .timeout(Duration::from_secs(400))
-    };
+    let opts = || both_vmms(ivmm_host).timeout(Duration::from_secs(400));
     match lab.run_shell(&script, opts()) {
         Ok(out) => Ok(out.console),
         Err(first) => {
@@ -311,12 +320,8 @@ fn cpu_models_match_qemu_in_the_same_l1() {
         "run ivmm-svm {}\n",
         ivmm_run_initrd(&ivmm, "qemu64,+svm", "", svm_cmd, "{files}/l2-kvm.img")
     );
-    let opts = RunOptions::new()
+    let opts = both_vmms(&ivmm_host)
         .file("l2-kvm.img", &initrd_with_kvm_modules(), false)
-        .host_binary(QEMU)
-        .host_binary(&ivmm_host)
-        .host_file("/usr/share/seabios/bios-microvm.bin")
-        .host_file("/usr/share/qemu/linuxboot_dma.bin")
         .timeout(Duration::from_secs(1200));
     let out = lab.run_shell(&script, opts).expect("lab run");
     let log = std::env::temp_dir().join("ivmm-cpu-models-console.log");
@@ -329,7 +334,7 @@ fn cpu_models_match_qemu_in_the_same_l1() {
     let get = |name: &str| secs.iter().find(|(n, _)| n == name).map(|(_, s)| s);
 
     for (name, section) in &secs {
-        if let Some(first) = &section.stuck {
+        if let Some(first) = &section.first_attempt {
             eprintln!(
                 "RETRIED {name}: its first boot failed the lab's way (tests/README.md); its \
                  output:\n{first}"
@@ -338,7 +343,7 @@ fn cpu_models_match_qemu_in_the_same_l1() {
     }
     let mut failures: Vec<String> = secs
         .iter()
-        .filter(|(_, s)| s.stuck.is_some())
+        .filter(|(_, s)| s.first_attempt.is_some())
         .filter_map(|(name, s)| match s.rc {
             137 => Some(format!(
                 "{name}: killed after {RUN_BOUND_SECS} s on its second try"
@@ -466,12 +471,12 @@ fn a_retried_boot_reports_its_last_attempt_and_keeps_the_first() {
     let secs = sections(console);
     assert_eq!(secs.len(), 2);
     assert_eq!(
-        (secs[0].1.text.as_str(), secs[0].1.stuck.is_none()),
+        (secs[0].1.text.as_str(), secs[0].1.first_attempt.is_none()),
         ("\nok\n", true)
     );
     assert_eq!(secs[1].1.text, "second\n");
     assert_eq!(
-        secs[1].1.stuck.as_deref(),
+        secs[1].1.first_attempt.as_deref(),
         Some("(killed after 60 s)\nhung\n")
     );
     let console = "=== RUN c ===\nPCI: Fatal\n\
@@ -480,7 +485,7 @@ fn a_retried_boot_reports_its_last_attempt_and_keeps_the_first() {
     let secs = sections(console);
     assert_eq!(secs[0].1.text, "IVMM-GUEST-INIT\n");
     assert_eq!(
-        secs[0].1.stuck.as_deref(),
+        secs[0].1.first_attempt.as_deref(),
         Some("(ended before init)\nPCI: Fatal\n")
     );
 }

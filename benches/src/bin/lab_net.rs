@@ -99,12 +99,18 @@ fn main() {
     // Each VMM makes its TAP; L1 gives it the host address once it exists. L1 snapshots KVM's
     // counters (all exits, MMIO exits i.e. kicks, injected interrupts, halts) at the guest's
     // markers around each iperf3 direction, from the console the VMM writes to a file.
+    // LAB_NET_PIN: pin the VMM's threads once its TAP is up (see PIN_SH).
+    let pin = if std::env::var_os("LAB_NET_PIN").is_some() {
+        "pin\n"
+    } else {
+        ""
+    };
     let one = |vmm: &str, tap: &str, command: &str| {
         format!(
             "echo NET-VMM {vmm}\n: > /tmp/con.log; {command} > /tmp/con.log 2>&1 & P=$!\n\
              i=0; until [ -e /sys/class/net/{tap} ]; do i=$((i+1)); [ $i -gt 900 ] && break; sleep 0.1; done\n\
              ip addr add 10.0.2.1/24 dev {tap} && ip link set {tap} up\n\
-             [ -n \"$PIN\" ] && pin\n\
+             {pin}\
              w NET-MARK-TX-BEGIN; hist_on; A=$(snap); w NET-MARK-TX-END; B=$(snap); X=$(hist_off)\n\
              w NET-MARK-RX-BEGIN; hist_on; C=$(snap); w NET-MARK-RX-END; D=$(snap); Y=$(hist_off)\n\
              wait $P; echo NET-EXIT $?\n\
@@ -114,13 +120,8 @@ fn main() {
              echo NET-REASONS TX $X; echo NET-REASONS RX $Y\n"
         )
     };
-    let pin = if std::env::var_os("LAB_NET_PIN").is_some() {
-        "PIN=1\n"
-    } else {
-        ""
-    };
     let mut script = format!(
-        "{pin}{PIN_SH}ip link set lo up\n{IPERF3} -s -D\nsleep 1\n{L1_MARKER_WAIT}\
+        "{PIN_SH}ip link set lo up\n{IPERF3} -s -D\nsleep 1\n{L1_MARKER_WAIT}\
          K=/sys/kernel/debug/kvm\n\
          snap() {{ echo $(cd $K && cat {counters}); }}\n{HIST_SH}",
         counters = COUNTERS.join(" ")
@@ -173,19 +174,25 @@ fn main() {
                 }
             }
         }
-        if let Some((dir, pairs)) = reasons(line) {
+        // Counter deltas and exit reasons, each recorded per MByte its direction moved.
+        let per_mbyte: Option<(&str, Vec<(String, u64)>)> = counts(line)
+            .map(|(dir, deltas)| {
+                let named = COUNTERS.iter().zip(deltas);
+                (dir, named.map(|(n, d)| (format!("{dir} {n}"), d)).collect())
+            })
+            .or_else(|| {
+                let (dir, pairs) = reasons(line)?;
+                let named = pairs.into_iter();
+                Some((
+                    dir,
+                    named.map(|(c, n)| (format!("{dir} exit {c}"), n)).collect(),
+                ))
+            });
+        if let Some((dir, values)) = per_mbyte {
             let mb = moved[usize::from(dir == "RX")];
             if mb > 0.0 {
-                for (code, n) in pairs {
-                    record(&current, &format!("{dir} exit {code}"), n as f64 / mb);
-                }
-            }
-        }
-        if let Some((dir, deltas)) = counts(line) {
-            let mb = moved[usize::from(dir == "RX")];
-            if mb > 0.0 {
-                for (name, d) in COUNTERS.iter().zip(deltas) {
-                    record(&current, &format!("{dir} {name}"), d as f64 / mb);
+                for (metric, n) in values {
+                    record(&current, &metric, n as f64 / mb);
                 }
             }
         }
