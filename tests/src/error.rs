@@ -36,6 +36,10 @@ pub enum LabError {
     /// QEMU exited without L1 reporting `LAB-EXIT=`.
     #[error("L1 ended without reporting LAB-EXIT (QEMU {status}); L1 log tail:\n{log}")]
     L1Died { status: String, log: String },
+    /// ivmm exited 0 after its L2 triple-faulted before the guest's init ran (the nested lab's
+    /// early SMP fault; ivmm resets on a triple fault, and the guest exits on a reset).
+    #[error("the L2 guest triple-faulted before its init ran; console tail:\n{console}")]
+    L2EarlyTripleFault { console: String },
     /// The run did not finish in time; the QEMU or ivmm process was killed.
     #[error("timed out after {after:?} while {phase}; output tail:\n{log}\n{diagnosis}")]
     Timeout {

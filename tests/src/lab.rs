@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::cpio::CpioWriter;
 use crate::error::{tail, LabError, Result};
-use crate::guest::GuestBoot;
+use crate::guest::{GuestBoot, MARK_GUEST_INIT};
 use crate::host::{self, LabLock, TempDir};
 use crate::monitor;
 use crate::outcome::{normalize_console, timed_lines, LabOutcome};
@@ -337,7 +337,10 @@ impl Lab {
         match self.mode {
             Mode::Direct => self.run_direct(&job, opts),
             Mode::Nested if interactive => self.run_nested(&job, opts, true),
-            Mode::Nested => once_more_after_lab_fault(|| self.run_nested(&job, opts, false)),
+            Mode::Nested => once_more_after_lab_fault(|| {
+                self.run_nested(&job, opts, false)
+                    .and_then(refuse_early_triple_fault)
+            }),
         }
     }
 
@@ -624,13 +627,13 @@ impl Job {
     }
 }
 
-/// Interprets QEMU's output: L1 log, console between the run markers, exit codes.
 /// Runs `run` again, once, after one of the nested lab's own faults (tests/README.md), printing
 /// it: L1's kernel panicked (KVM on QEMU's emulated SVM overflowing L1's stack) or L1 vanished
-/// without reporting (a triple fault), which nothing a run does in L1 userspace can cause; or the run timed out with the L2 kernel reporting a
+/// without reporting (a triple fault), which nothing a run does in L1 userspace can cause; the
+/// L2 triple-faulted before its init ran; or the run timed out with the L2 kernel reporting a
 /// vCPU that stopped (RCU stall or soft lockup), the lab hang seen with QEMU as the L2's VMM as
-/// well as with ivmm (an ivmm bug stopping a vCPU now and then would get a second chance too:
-/// hence the whole report on stderr). A second fault fails the run.
+/// well as with ivmm. An ivmm bug doing such things now and then would get a second chance
+/// too: hence the whole report on stderr. A second fault fails the run.
 fn once_more_after_lab_fault<T>(mut run: impl FnMut() -> Result<T>) -> Result<T> {
     match run() {
         Err(err) if is_lab_fault(&err) => {
@@ -639,6 +642,26 @@ fn once_more_after_lab_fault<T>(mut run: impl FnMut() -> Result<T>) -> Result<T>
         }
         other => other,
     }
+}
+
+/// What ivmm prints when a vCPU triple-faults (vmm/src/vcpu.rs).
+const TRIPLE_FAULT_WARNING: &str = "triple fault (KVM_EXIT_SHUTDOWN)";
+
+/// Turns a nested run in which ivmm exited 0 after its L2 triple-faulted before the guest's
+/// init ran into [`LabError::L2EarlyTripleFault`], a lab fault: SMP L2s triple-fault early
+/// now and then in the nested lab, whichever VMM runs them (QEMU's end the same way, silently
+/// under `-no-reboot`; tests/README.md). Only nested runs: under a hardware KVM an early
+/// triple fault is a bug to see.
+fn refuse_early_triple_fault(out: LabOutcome) -> Result<LabOutcome> {
+    if out.ivmm_exit == 0
+        && out.console.contains(TRIPLE_FAULT_WARNING)
+        && !out.console.contains(MARK_GUEST_INIT)
+    {
+        return Err(LabError::L2EarlyTripleFault {
+            console: tail(&out.console, 40),
+        });
+    }
+    Ok(out)
 }
 
 /// L2 kernel messages saying a vCPU stopped responding.
@@ -651,7 +674,9 @@ const L2_STALL_SIGNS: [&str; 3] = [
 fn is_lab_fault(err: &LabError) -> bool {
     match err {
         // L1 gone without a word (QEMU exits 0 on L1's triple fault, with -no-reboot).
-        LabError::L1Panic { .. } | LabError::L1Died { .. } => true,
+        LabError::L1Panic { .. }
+        | LabError::L1Died { .. }
+        | LabError::L2EarlyTripleFault { .. } => true,
         LabError::Timeout { log, diagnosis, .. } => {
             L2_STALL_SIGNS.iter().any(|s| log.contains(s)) || spins_with_interrupts_off(diagnosis)
         }
@@ -686,6 +711,7 @@ fn spins_with_interrupts_off(diagnosis: &str) -> bool {
     second.lines().filter_map(stuck).any(|s| early.contains(&s))
 }
 
+/// Interprets QEMU's output: L1 log, console between the run markers, exit codes.
 fn nested_outcome(raw: &runner::RawRun) -> Result<LabOutcome> {
     let text = String::from_utf8_lossy(&raw.out);
     let stderr = String::from_utf8_lossy(&raw.err);
@@ -940,6 +966,27 @@ mod tests {
         let (out, calls) = rerun(|| LabError::L1NoKvm { log: String::new() }, 1);
         assert!(matches!(out, Err(LabError::L1NoKvm { .. })));
         assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn an_l2_triple_fault_before_init_is_a_lab_fault() {
+        let outcome = |console: &str, ivmm_exit| LabOutcome {
+            console: console.into(),
+            ivmm_exit,
+            elapsed: Duration::ZERO,
+            l1_log: String::new(),
+            l1_boot: None,
+            lines: Vec::new(),
+        };
+        let early = "ivmm: warning: vCPU 2: triple fault (KVM_EXIT_SHUTDOWN); resetting the \
+                     machine\nivmm: guest rebooted (--on-reboot exit)\n";
+        let err = refuse_early_triple_fault(outcome(early, 0)).map(|_| ());
+        assert!(matches!(&err, Err(e) if is_lab_fault(e)), "{err:?}");
+        // After init (reboot=triple), with another exit status, or without one: the run's.
+        let late = format!("{MARK_GUEST_INIT}\n{early}");
+        assert!(refuse_early_triple_fault(outcome(&late, 0)).is_ok());
+        assert!(refuse_early_triple_fault(outcome(early, 1)).is_ok());
+        assert!(refuse_early_triple_fault(outcome("ivmm: guest rebooted\n", 0)).is_ok());
     }
 
     #[test]
