@@ -291,6 +291,19 @@ fn hostile_guest_cannot_crash_hang_or_bloat_ivmm() {
                 seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
                 attempt += 1;
             }
+            // The lab's early SMP fault: an L2 vCPU triple-faults before the guest's
+            // attack even started (tests/README.md); once, it runs again.
+            Ok(out)
+                if attempt == 1
+                    && out.console.contains("triple fault (KVM_EXIT_SHUTDOWN)")
+                    && !out.console.contains("HOSTILE-DEVICES=") =>
+            {
+                eprintln!(
+                    "the L2 triple-faulted before the attack began (lab fault); once more:\n{}",
+                    out.console
+                );
+                attempt += 1;
+            }
             other => break other.expect("lab run"),
         }
     };
