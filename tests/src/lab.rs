@@ -648,10 +648,10 @@ fn once_more_after_lab_fault<T>(mut run: impl FnMut() -> Result<T>) -> Result<T>
 }
 
 /// What ivmm prints when a vCPU triple-faults (vmm/src/vcpu.rs).
-const TRIPLE_FAULT_WARNING: &str = "triple fault (KVM_EXIT_SHUTDOWN)";
+pub const TRIPLE_FAULT_WARNING: &str = "triple fault (KVM_EXIT_SHUTDOWN)";
 
-/// Turns a nested `ivmm` run (not a script) in which ivmm exited 0 after its L2 triple-faulted before the guest's
-/// init ran into [`LabError::L2EarlyTripleFault`], a lab fault: SMP L2s triple-fault early
+/// Turns a nested `ivmm` run (not a script) in which ivmm exited 0 after its L2 triple-faulted
+/// before the guest's init ran into [`LabError::L2EarlyTripleFault`], a lab fault: SMP L2s triple-fault early
 /// now and then in the nested lab, whichever VMM runs them (QEMU's end the same way, silently
 /// under `-no-reboot`; tests/README.md). Only nested runs: under a hardware KVM an early
 /// triple fault is a bug to see.

@@ -29,5 +29,7 @@ pub use guest::{
     base64, GuestBoot, GuestKernel, DEFAULT_CMDLINE, MARK_CMD_BEGIN, MARK_CMD_EXIT, MARK_GUEST_INIT,
 };
 pub use host::shared_libs;
-pub use lab::{Lab, Mode, RunOptions, DIRECT_TIMEOUT, GUEST_END_GRACE, NESTED_TIMEOUT};
+pub use lab::{
+    Lab, Mode, RunOptions, DIRECT_TIMEOUT, GUEST_END_GRACE, NESTED_TIMEOUT, TRIPLE_FAULT_WARNING,
+};
 pub use outcome::{ConsoleLine, GuestCmd, LabOutcome};

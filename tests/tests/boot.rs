@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ivmm_tests::{GuestBoot, GuestKernel, Lab, LabOutcome, Mode, RunOptions};
+use ivmm_tests::{GuestBoot, GuestKernel, Lab, LabOutcome, Mode, RunOptions, TRIPLE_FAULT_WARNING};
 
 fn lab() -> Lab {
     Lab::detect().expect("lab prerequisites (run scripts/setup.sh and scripts/fetch-guest.sh)")
@@ -194,7 +194,7 @@ fn reboot_exits_zero_for_acpi_keyboard_and_triple_fault_resets() {
         );
         // ivmm names a triple fault, and only that.
         assert_eq!(
-            out.console.contains("triple fault (KVM_EXIT_SHUTDOWN)"),
+            out.console.contains(TRIPLE_FAULT_WARNING),
             method == "triple",
             "reboot={method}\n{}",
             explain(&out)

@@ -125,9 +125,10 @@ fn initrd_with_kvm_modules() -> Vec<u8> {
     initrd
 }
 
-fn qemu_run(cpu: &str, extra: &str, cmd: &str) -> String {
+/// QEMU booting the L2 kernel as `machine` (microvm, or pc for the SMP topology boots).
+fn qemu_run(machine: &str, cpu: &str, extra: &str, cmd: &str) -> String {
     format!(
-        "{QEMU} -accel kvm -M microvm -cpu {cpu},enforce {extra} -m 256 -nodefaults -no-reboot \
+        "{QEMU} -accel kvm -M {machine} -cpu {cpu},enforce {extra} -m 256 -nodefaults -no-reboot \
          -display none -serial stdio -kernel {{bzimage}} -initrd {{initrd}} -append '{}'",
         cmdline(cmd)
     )
@@ -295,8 +296,10 @@ fn topology_console(
             "run ivmm-{name} {}\n",
             ivmm_run(ivmm, "host", ours, topo_cmd)
         );
-        let qemu = qemu_run("host", theirs, topo_cmd).replace("-M microvm", "-M pc");
-        script += &format!("run qemu-{name} {qemu}\n");
+        script += &format!(
+            "run qemu-{name} {}\n",
+            qemu_run("pc", "host", theirs, topo_cmd)
+        );
     }
     // L1's boot and four boots, one of them run again at most.
     let opts = || {
@@ -332,7 +335,10 @@ fn cpu_models_match_qemu_in_the_same_l1() {
     let mut script = run_function();
     for (i, (ours, theirs)) in MODEL_PAIRS.iter().enumerate() {
         script += &format!("run ivmm{i} {}\n", ivmm_run(&ivmm, ours, "", CPUINFO_CMD));
-        script += &format!("run qemu{i} {}\n", qemu_run(theirs, "", CPUINFO_CMD));
+        script += &format!(
+            "run qemu{i} {}\n",
+            qemu_run("microvm", theirs, "", CPUINFO_CMD)
+        );
     }
     script += &format!(
         "run ivmm-svm {}\n",

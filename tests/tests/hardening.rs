@@ -10,7 +10,7 @@ use std::time::Duration;
 
 mod common;
 
-use ivmm_tests::{Lab, LabError, LabOutcome, RunOptions};
+use ivmm_tests::{Lab, LabError, LabOutcome, RunOptions, TRIPLE_FAULT_WARNING};
 
 use common::{ivmm_command, nested_lab as lab};
 
@@ -295,7 +295,7 @@ fn hostile_guest_cannot_crash_hang_or_bloat_ivmm() {
             // attack even started (tests/README.md); once, it runs again.
             Ok(out)
                 if attempt == 1
-                    && out.console.contains("triple fault (KVM_EXIT_SHUTDOWN)")
+                    && out.console.contains(TRIPLE_FAULT_WARNING)
                     && !out.console.contains("HOSTILE-DEVICES=") =>
             {
                 eprintln!(
