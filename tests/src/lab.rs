@@ -79,6 +79,7 @@ pub struct RunOptions {
     host_files: Vec<(PathBuf, bool)>,
     disks: Vec<PathBuf>,
     keep_running_after_guest_end: bool,
+    guest_start_marker: Option<String>,
 }
 
 impl RunOptions {
@@ -137,6 +138,15 @@ impl RunOptions {
     /// restart` tests). Shell jobs never get that grace check.
     pub fn keep_running_after_guest_end(mut self) -> Self {
         self.keep_running_after_guest_end = true;
+        self
+    }
+
+    /// For a script: its guests' consoles reach the run's console, and `marker` there means a
+    /// guest got as far as its own code (e.g. [`MARK_GUEST_INIT`]). A nested run whose console
+    /// then has ivmm's [`TRIPLE_FAULT_WARNING`] and no `marker` hit the lab's early SMP fault
+    /// and runs once more, as a lone ivmm run always does (tests/README.md).
+    pub fn guest_start_marker(mut self, marker: &str) -> Self {
+        self.guest_start_marker = Some(marker.to_string());
         self
     }
 
@@ -337,13 +347,10 @@ impl Lab {
         match self.mode {
             Mode::Direct => self.run_direct(&job, opts),
             Mode::Nested if interactive => self.run_nested(&job, opts, true),
-            // Only ivmm's own runs: a script may make its guests triple-fault on purpose
-            // (the hostile guest) and need not use the fixture's init.
-            Mode::Nested if matches!(job, Job::Ivmm(_)) => once_more_after_lab_fault(|| {
+            Mode::Nested => once_more_after_lab_fault(|| {
                 self.run_nested(&job, opts, false)
-                    .and_then(refuse_early_triple_fault)
+                    .and_then(|out| refuse_early_triple_fault(&job, opts, out))
             }),
-            Mode::Nested => once_more_after_lab_fault(|| self.run_nested(&job, opts, false)),
         }
     }
 
@@ -650,16 +657,22 @@ fn once_more_after_lab_fault<T>(mut run: impl FnMut() -> Result<T>) -> Result<T>
 /// What ivmm prints when a vCPU triple-faults (vmm/src/vcpu.rs).
 pub const TRIPLE_FAULT_WARNING: &str = "triple fault (KVM_EXIT_SHUTDOWN)";
 
-/// Turns a nested `ivmm` run (not a script) in which ivmm exited 0 after its L2 triple-faulted
-/// before the guest's init ran into [`LabError::L2EarlyTripleFault`], a lab fault: SMP L2s triple-fault early
-/// now and then in the nested lab, whichever VMM runs them (QEMU's end the same way, silently
-/// under `-no-reboot`; tests/README.md). Only nested runs: under a hardware KVM an early
-/// triple fault is a bug to see.
-fn refuse_early_triple_fault(out: LabOutcome) -> Result<LabOutcome> {
-    if out.ivmm_exit == 0
-        && out.console.contains(TRIPLE_FAULT_WARNING)
-        && !out.console.contains(MARK_GUEST_INIT)
-    {
+/// Turns a nested run whose L2 triple-faulted before the guest's own code ran into
+/// [`LabError::L2EarlyTripleFault`], a lab fault: SMP L2s triple-fault early now and then in
+/// the nested lab, whichever VMM runs them (QEMU's end the same way, silently under
+/// `-no-reboot`; tests/README.md). A lone ivmm run counts if ivmm exited 0 (its reset ends the
+/// run) without [`MARK_GUEST_INIT`]; a script only if it named its guests' start marker (a
+/// script may make a guest triple-fault on purpose, after that marker). Only nested runs:
+/// under a hardware KVM an early triple fault is a bug to see.
+fn refuse_early_triple_fault(job: &Job, opts: &RunOptions, out: LabOutcome) -> Result<LabOutcome> {
+    let early =
+        |marker: &str| out.console.contains(TRIPLE_FAULT_WARNING) && !out.console.contains(marker);
+    let lab_fault = match (job, &opts.guest_start_marker) {
+        (Job::Ivmm(_), _) => out.ivmm_exit == 0 && early(MARK_GUEST_INIT),
+        (_, Some(marker)) => early(marker),
+        (_, None) => false,
+    };
+    if lab_fault {
         return Err(LabError::L2EarlyTripleFault {
             console: tail(&out.console, 40),
         });
@@ -983,13 +996,24 @@ mod tests {
         };
         let early = "ivmm: warning: vCPU 2: triple fault (KVM_EXIT_SHUTDOWN); resetting the \
                      machine\nivmm: guest rebooted (--on-reboot exit)\n";
-        let err = refuse_early_triple_fault(outcome(early, 0)).map(|_| ());
+        let ivmm = Job::Ivmm(Vec::new());
+        let none = RunOptions::new();
+        let err = refuse_early_triple_fault(&ivmm, &none, outcome(early, 0)).map(|_| ());
         assert!(matches!(&err, Err(e) if is_lab_fault(e)), "{err:?}");
         // After init (reboot=triple), with another exit status, or without one: the run's.
         let late = format!("{MARK_GUEST_INIT}\n{early}");
-        assert!(refuse_early_triple_fault(outcome(&late, 0)).is_ok());
-        assert!(refuse_early_triple_fault(outcome(early, 1)).is_ok());
-        assert!(refuse_early_triple_fault(outcome("ivmm: guest rebooted\n", 0)).is_ok());
+        assert!(refuse_early_triple_fault(&ivmm, &none, outcome(&late, 0)).is_ok());
+        assert!(refuse_early_triple_fault(&ivmm, &none, outcome(early, 1)).is_ok());
+        let quiet = outcome("ivmm: guest rebooted\n", 0);
+        assert!(refuse_early_triple_fault(&ivmm, &none, quiet).is_ok());
+        // A script: only with a start marker, and then whatever its exit status.
+        let script = Job::Shell(String::new());
+        let marked = RunOptions::new().guest_start_marker("ATTACK-BEGAN");
+        assert!(refuse_early_triple_fault(&script, &none, outcome(early, 0)).is_ok());
+        let err = refuse_early_triple_fault(&script, &marked, outcome(early, 1)).map(|_| ());
+        assert!(matches!(&err, Err(e) if is_lab_fault(e)), "{err:?}");
+        let late = format!("ATTACK-BEGAN\n{early}");
+        assert!(refuse_early_triple_fault(&script, &marked, outcome(&late, 0)).is_ok());
     }
 
     #[test]
