@@ -90,7 +90,8 @@ fn main() {
         .full_cmdline()
         .unwrap_or_else(|e| fail(&format!("{e}")));
     let qemu = format!(
-        "/usr/bin/qemu-system-x86_64 -accel kvm -M pc -cpu host -smp 1 -m 512 -nodefaults \
+        "/usr/bin/qemu-system-x86_64 -name peer,debug-threads=on -accel kvm -M pc -cpu host -smp 1 \
+         -m 512 -nodefaults \
          -no-reboot -display none -serial stdio -kernel /guest/bzImage -initrd /guest/initrd.img \
          -append '{cmdline}' -drive file={{disk0}},format=raw,if=virtio,readonly=on \
          -netdev tap,id=n0,ifname=tapq,script=no,downscript=no,vhost=off \
@@ -210,7 +211,7 @@ fn main() {
         eprintln!("{}", out.console);
         fail("no measurements in the console");
     }
-    for line in out.console.lines().filter(|l| l.starts_with("NET-PINNED")) {
+    for line in out.console.lines().filter(|l| l.starts_with("NET-PIN")) {
         eprintln!("{line}");
     }
     if out.console.contains("NET-FAILED") {
@@ -270,9 +271,11 @@ fn main() {
 
 /// L1 shell function `pin`: the VMM's (`$P`) first vCPU thread (ivmm `vcpu0`, QEMU
 /// `CPU 0/KVM`) to CPU 0, its other threads to CPU 1; threads started later inherit their
-/// starter's CPU (ivmm's device threads come from its spawner thread).
+/// starter's CPU (ivmm's device threads come from its spawner thread). QEMU names its vCPU
+/// thread only with `-name …,debug-threads=on`. A thread taskset could not pin is reported.
 const PIN_SH: &str = "pin() { for t in /proc/$P/task/*; do case \"$(cat $t/comm)\" in \
-    vcpu0|'CPU 0/KVM') m=1;; *) m=2;; esac; taskset -p $m ${t##*/} >/dev/null; done; \
+    vcpu0|'CPU 0/KVM') m=1;; *) m=2;; esac; \
+    taskset -p $m ${t##*/} >/tmp/pin.err 2>&1 || echo NET-PIN-FAILED $(cat $t/comm): $(cat /tmp/pin.err); done; \
     echo NET-PINNED $(for t in /proc/$P/task/*; do echo $(cat $t/comm)@$(taskset -p ${t##*/} | sed 's/.*: //'); done); }\n";
 
 /// L1 shell functions: `hist_on` starts counting KVM exits by exit reason (a
