@@ -272,8 +272,13 @@ fn main() {
 /// L1 shell function `pin`: the VMM's (`$P`) first vCPU thread (ivmm `vcpu0`, QEMU
 /// `CPU 0/KVM`) to CPU 0, its other threads to CPU 1; threads started later inherit their
 /// starter's CPU (ivmm's device threads come from its spawner thread). QEMU names its vCPU
-/// thread only with `-name …,debug-threads=on`. A thread taskset could not pin is reported.
-const PIN_SH: &str = "pin() { for t in /proc/$P/task/*; do case \"$(cat $t/comm)\" in \
+/// thread only with `-name …,debug-threads=on`. A new thread takes its name only once it
+/// runs, so `pin` first waits (up to 10 s) for the vCPU thread's name; without that wait ivmm's
+/// `vcpu0`, still named after its spawner, was pinned as one of the other threads. A thread
+/// taskset could not pin is reported.
+const PIN_SH: &str = "pin() { i=0; until grep -qxE 'vcpu0|CPU 0/KVM' /proc/$P/task/*/comm 2>/dev/null; do \
+    i=$((i+1)); [ $i -gt 100 ] && { echo NET-PIN-FAILED no vCPU thread named yet; break; }; sleep 0.1; done; \
+    for t in /proc/$P/task/*; do case \"$(cat $t/comm)\" in \
     vcpu0|'CPU 0/KVM') m=1;; *) m=2;; esac; \
     taskset -p $m ${t##*/} >/tmp/pin.err 2>&1 || echo NET-PIN-FAILED $(cat $t/comm): $(cat /tmp/pin.err); done; \
     echo NET-PINNED $(for t in /proc/$P/task/*; do echo $(cat $t/comm)@$(taskset -p ${t##*/} | sed 's/.*: //'); done); }\n";
