@@ -2,9 +2,11 @@
 //! TAP, no vhost), the same stock Debian guest in the same L1 (nested lab on kvm_pvm hosts,
 //! directly on hardware-KVM hosts). The guest runs iperf3 (from the host's iperf3 package,
 //! carried on a read-only ext4 disk with its libraries) against an iperf3 server in L1 on the
-//! TAP's address: guest→host (TX), host→guest (`-R`, RX), and ping RTT (20 pings). VMMs
-//! alternate, one after the other, in one L1 run. Everything in the nested lab is emulated:
-//! the ratio is the result, not the absolute numbers.
+//! TAP's address: guest→host (TX), host→guest (`-R`, RX), and ping RTT (20 pings). Each
+//! round boots its own L1 and runs both VMMs in it, one after the other, the first one
+//! alternating; a lab fault costs that round only. Everything in the nested lab is emulated
+//! and one L1 boot runs faster than the next: the paired ratio of each round is the result,
+//! not the absolute numbers.
 //!
 //! Usage: `cargo run --release -p ivmm-benches --bin lab_net [-- ROUNDS [SECONDS]]`
 //! `LAB_NET_PIN=1`: in L1, each VMM's vCPU thread runs on CPU 0 and all its other threads
@@ -56,6 +58,87 @@ fn number_before(line: &str, unit: &str) -> Option<f64> {
     let words: Vec<&str> = line.split_whitespace().collect();
     let at = words.iter().position(|w| *w == unit)?;
     words.get(at.checked_sub(1)?)?.parse().ok()
+}
+
+/// (VMM, metric, values): every measurement of a run, per VMM and metric.
+type Results = Vec<(String, String, Vec<f64>)>;
+
+fn record(results: &mut Results, vmm: &str, metric: &str, v: f64) {
+    match results.iter_mut().find(|(m, k, _)| m == vmm && k == metric) {
+        Some((_, _, vals)) => vals.push(v),
+        None => results.push((vmm.to_string(), metric.to_string(), vec![v])),
+    }
+}
+
+/// The median of one VMM's values of `metric` (NaN if it has none).
+fn median_of(results: &Results, vmm: &str, metric: &str) -> f64 {
+    median(
+        results
+            .iter()
+            .find(|(m, k, _)| m == vmm && k == metric)
+            .map(|(_, _, v)| v.clone())
+            .unwrap_or_default(),
+    )
+}
+
+/// Records what one L1 run's console reports: throughput and RTT, and the KVM counter
+/// deltas and exit reasons per MByte their direction moved.
+fn collect(console: &str, results: &mut Results) {
+    let mut current = String::new();
+    // MBytes moved by the current VMM's TX and RX, for the per-MB counts.
+    let mut moved = [0.0f64; 2];
+    for line in console.lines() {
+        let line = line.trim();
+        if let Some(vmm) = line.strip_prefix("NET-VMM ") {
+            current = vmm.to_string();
+            moved = [0.0; 2];
+            continue;
+        }
+        for (i, metric) in ["NET-TX", "NET-RX", "NET-RTT"].into_iter().enumerate() {
+            if line.starts_with(&format!("{metric} ")) {
+                if let Some(v) = parse(line) {
+                    record(results, &current, metric, v);
+                }
+                if let (Some(mb), Some(slot)) = (mbytes(line), moved.get_mut(i)) {
+                    *slot = mb;
+                }
+            }
+        }
+        let per_mbyte: Option<(&str, Vec<(String, u64)>)> = counts(line)
+            .map(|(dir, deltas)| {
+                let named = COUNTERS.iter().zip(deltas);
+                (dir, named.map(|(n, d)| (format!("{dir} {n}"), d)).collect())
+            })
+            .or_else(|| {
+                let (dir, pairs) = reasons(line)?;
+                let named = pairs.into_iter();
+                Some((
+                    dir,
+                    named.map(|(c, n)| (format!("{dir} exit {c}"), n)).collect(),
+                ))
+            });
+        if let Some((dir, values)) = per_mbyte {
+            let mb = moved[usize::from(dir == "RX")];
+            if mb > 0.0 {
+                for (metric, n) in values {
+                    record(results, &current, &metric, n as f64 / mb);
+                }
+            }
+        }
+    }
+}
+
+/// One round's row of the paired table: both VMMs' throughput each way and the ratios.
+fn pair_row(round: usize, first: &str, results: &Results) -> String {
+    let get = |vmm: &str, metric: &str| median_of(results, vmm, metric);
+    let (ti, tq) = (get("ivmm", "NET-TX"), get("qemu", "NET-TX"));
+    let (ri, rq) = (get("ivmm", "NET-RX"), get("qemu", "NET-RX"));
+    let rtt = get("qemu", "NET-RTT") / get("ivmm", "NET-RTT");
+    format!(
+        "| {round} | {first} | {ti:.0} | {tq:.0} | {:.2} | {ri:.0} | {rq:.0} | {:.2} | {rtt:.2} |",
+        ti / tq,
+        ri / rq
+    )
 }
 
 fn main() {
@@ -121,16 +204,12 @@ fn main() {
              echo NET-REASONS TX $X; echo NET-REASONS RX $Y\n"
         )
     };
-    let mut script = format!(
+    let preamble = format!(
         "{PIN_SH}ip link set lo up\n{IPERF3} -s -D\nsleep 1\n{L1_MARKER_WAIT}\
          K=/sys/kernel/debug/kvm\n\
          snap() {{ echo $(cd $K && cat {counters}); }}\n{HIST_SH}",
         counters = COUNTERS.join(" ")
     );
-    for _ in 0..rounds {
-        script.push_str(&one("ivmm", "tapi", &ivmm));
-        script.push_str(&one("qemu", "tapq", &qemu));
-    }
     let opts = RunOptions::new()
         .disk(&disk)
         .host_binary(IPERF3)
@@ -138,88 +217,60 @@ fn main() {
         .host_file("/usr/share/seabios/bios-256k.bin")
         .host_file("/usr/share/qemu/linuxboot_dma.bin")
         .host_file("/usr/share/qemu/kvmvapic.bin")
-        .timeout(Duration::from_secs(
-            300 + rounds as u64 * 2 * (60 + 3 * u64::from(seconds)),
-        ));
-    let out = lab
-        .run_shell(&script, opts)
-        .unwrap_or_else(|e| fail(&format!("lab run: {e}")));
-    let _ = std::fs::remove_dir_all(&dir);
+        .timeout(Duration::from_secs(300 + 2 * (60 + 3 * u64::from(seconds))));
 
-    // (vmm, metric) -> values
-    let mut results: Vec<(String, String, Vec<f64>)> = Vec::new();
-    let mut current = String::new();
-    // MBytes moved by this run's TX and RX, for the per-MB counts.
-    let mut moved = [0.0f64; 2];
-    let mut record = |vmm: &str, metric: &str, v: f64| match results
-        .iter_mut()
-        .find(|(m, k, _)| m == vmm && k == metric)
-    {
-        Some((_, _, vals)) => vals.push(v),
-        None => results.push((vmm.to_string(), metric.to_string(), vec![v])),
-    };
-    for line in out.console.lines() {
-        let line = line.trim();
-        if let Some(vmm) = line.strip_prefix("NET-VMM ") {
-            current = vmm.to_string();
-            moved = [0.0; 2];
-            continue;
-        }
-        for (i, metric) in ["NET-TX", "NET-RX", "NET-RTT"].into_iter().enumerate() {
-            if line.starts_with(&format!("{metric} ")) {
-                if let Some(v) = parse(line) {
-                    record(&current, metric, v);
+    // Each round boots its own L1 and runs both VMMs in it, the first one alternating: a
+    // pair shares one L1 boot (whose speed varies from boot to boot), a lab fault costs one
+    // round, and neither VMM always goes first.
+    let mut results: Results = Vec::new();
+    let mut pairs: Vec<String> = Vec::new();
+    for round in 1..=rounds {
+        let ivmm_first = round % 2 == 1;
+        let (a, b) = if ivmm_first {
+            (one("ivmm", "tapi", &ivmm), one("qemu", "tapq", &qemu))
+        } else {
+            (one("qemu", "tapq", &qemu), one("ivmm", "tapi", &ivmm))
+        };
+        let first = if ivmm_first { "ivmm" } else { "QEMU" };
+        match lab.run_shell(&format!("{preamble}{a}{b}"), opts.clone()) {
+            Ok(out) => {
+                let mut this_round: Results = Vec::new();
+                collect(&out.console, &mut this_round);
+                pairs.push(pair_row(round, first, &this_round));
+                for line in out.console.lines().filter(|l| l.starts_with("NET-PIN")) {
+                    eprintln!("round {round}: {line}");
                 }
-                if let (Some(mb), Some(slot)) = (mbytes(line), moved.get_mut(i)) {
-                    *slot = mb;
+                if out.console.contains("NET-FAILED") {
+                    // A VMM without results: show what its guest printed.
+                    eprintln!("round {round}:\n{}", out.console);
+                }
+                for (vmm, metric, values) in this_round {
+                    for v in values {
+                        record(&mut results, &vmm, &metric, v);
+                    }
                 }
             }
-        }
-        // Counter deltas and exit reasons, each recorded per MByte its direction moved.
-        let per_mbyte: Option<(&str, Vec<(String, u64)>)> = counts(line)
-            .map(|(dir, deltas)| {
-                let named = COUNTERS.iter().zip(deltas);
-                (dir, named.map(|(n, d)| (format!("{dir} {n}"), d)).collect())
-            })
-            .or_else(|| {
-                let (dir, pairs) = reasons(line)?;
-                let named = pairs.into_iter();
-                Some((
-                    dir,
-                    named.map(|(c, n)| (format!("{dir} exit {c}"), n)).collect(),
-                ))
-            });
-        if let Some((dir, values)) = per_mbyte {
-            let mb = moved[usize::from(dir == "RX")];
-            if mb > 0.0 {
-                for (metric, n) in values {
-                    record(&current, &metric, n as f64 / mb);
-                }
+            Err(e) => {
+                eprintln!("lab_net: round {round} lost to the lab: {e}");
+                pairs.push(format!("| {round} | {first} | lab fault | | | | | | |"));
             }
         }
     }
-    let get = |vmm: &str, metric: &str| {
-        median(
-            results
-                .iter()
-                .find(|(m, k, _)| m == vmm && *k == metric)
-                .map(|(_, _, v)| v.clone())
-                .unwrap_or_default(),
-        )
-    };
+    let _ = std::fs::remove_dir_all(&dir);
     if results.is_empty() {
-        eprintln!("{}", out.console);
-        fail("no measurements in the console");
+        fail("no measurements in any round");
     }
-    for line in out.console.lines().filter(|l| l.starts_with("NET-PIN")) {
-        eprintln!("{line}");
+
+    println!("Each round in its own L1 boot (NaN: that VMM gave no result in the round):");
+    println!("| round | first | TX ivmm | TX QEMU | TX ratio | RX ivmm | RX QEMU | RX ratio | RTT QEMU/ivmm |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for row in &pairs {
+        println!("{row}");
     }
-    if out.console.contains("NET-FAILED") {
-        // A round without results: show what its guest printed.
-        eprintln!("{}", out.console);
-    }
+    println!();
+    let get = |vmm: &str, metric: &str| median_of(&results, vmm, metric);
     println!(
-        "virtio-net in the {:?} lab: iperf3 TCP {seconds} s each way against L1 over a TAP, ping RTT (20), 1 vCPU, 512 MiB, median of {rounds} rounds",
+        "virtio-net in the {:?} lab: iperf3 TCP {seconds} s each way against L1 over a TAP, ping RTT (20), 1 vCPU, 512 MiB, medians over {rounds} rounds",
         lab.mode()
     );
     println!("| metric                     |     ivmm |     QEMU | ivmm/QEMU |");
@@ -371,6 +422,36 @@ mod tests {
         let line = "NET-COUNT TX 10 5 3 1 110 25 4 1";
         assert_eq!(super::counts(line), Some(("TX", vec![100, 20, 1, 0])));
         assert_eq!(super::counts("NET-COUNT RX 1 2"), None);
+    }
+
+    #[test]
+    fn a_round_console_gives_both_vmms_results_and_its_pair_row() {
+        let console = "NET-VMM qemu
+NET-TX [  5]   0.00-8.05   sec   100 MBytes   118 Mbits/sec                  receiver
+NET-RX [  5]   0.00-8.01   sec   272 MBytes   285 Mbits/sec                  receiver
+NET-RTT round-trip min/avg/max = 4.807/13.500/27.884 ms
+NET-COUNT TX 100 0 0 0 1100 0 0 0
+NET-VMM ivmm
+NET-TX [  5]   0.00-8.14   sec   200 MBytes   204 Mbits/sec                  receiver
+NET-RX [  5]   0.00-8.00   sec   288 MBytes   302 Mbits/sec                  receiver
+NET-RTT round-trip min/avg/max = 2.920/5.400/9.030 ms
+NET-COUNT TX 0 0 0 0 1000 0 0 0
+NET-REASONS TX 96:400
+";
+        let mut results = Vec::new();
+        super::collect(console, &mut results);
+        let get = |vmm, metric| super::median_of(&results, vmm, metric);
+        assert_eq!(get("ivmm", "NET-TX"), 204.0);
+        assert_eq!(get("qemu", "NET-TX"), 118.0);
+        // Counts are per MByte of the same VMM's direction: 1000 exits over 200 MB, 1000 over 100.
+        assert_eq!(get("ivmm", "TX exits"), 5.0);
+        assert_eq!(get("qemu", "TX exits"), 10.0);
+        assert_eq!(get("ivmm", "TX exit 96"), 2.0);
+        assert!(get("qemu", "TX exit 96").is_nan());
+        assert_eq!(
+            super::pair_row(3, "QEMU", &results),
+            "| 3 | QEMU | 204 | 118 | 1.73 | 302 | 285 | 1.06 | 2.50 |"
+        );
     }
 
     #[test]
