@@ -183,6 +183,8 @@ fn main() {
     // Each VMM makes its TAP; L1 gives it the host address once it exists. L1 snapshots KVM's
     // counters (all exits, MMIO exits i.e. kicks, injected interrupts, halts) at the guest's
     // markers around each iperf3 direction, from the console the VMM writes to a file.
+    // Each VMM gets a fresh iperf3 server: one whose last client died mid-test (a lab fault
+    // in the other VMM's guest) stays busy and refused the next VMM's test.
     // LAB_NET_PIN: pin the VMM's threads once its TAP is up (see PIN_SH).
     let pin = if std::env::var_os("LAB_NET_PIN").is_some() {
         "pin\n"
@@ -191,7 +193,10 @@ fn main() {
     };
     let one = |vmm: &str, tap: &str, command: &str| {
         format!(
-            "echo NET-VMM {vmm}\n: > /tmp/con.log; {command} > /tmp/con.log 2>&1 & P=$!\n\
+            "echo NET-VMM {vmm}\n\
+             [ -f /tmp/iperf3.pid ] && kill $(cat /tmp/iperf3.pid) && sleep 0.5\n\
+             {IPERF3} -s -D -I /tmp/iperf3.pid; sleep 1\n\
+             : > /tmp/con.log; {command} > /tmp/con.log 2>&1 & P=$!\n\
              i=0; until [ -e /sys/class/net/{tap} ]; do i=$((i+1)); [ $i -gt 900 ] && break; sleep 0.1; done\n\
              ip addr add 10.0.2.1/24 dev {tap} && ip link set {tap} up\n\
              {pin}\
@@ -205,7 +210,7 @@ fn main() {
         )
     };
     let preamble = format!(
-        "{PIN_SH}ip link set lo up\n{IPERF3} -s -D\nsleep 1\n{L1_MARKER_WAIT}\
+        "{PIN_SH}ip link set lo up\n{L1_MARKER_WAIT}\
          K=/sys/kernel/debug/kvm\n\
          snap() {{ echo $(cd $K && cat {counters}); }}\n{HIST_SH}",
         counters = COUNTERS.join(" ")
