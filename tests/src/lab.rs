@@ -694,17 +694,18 @@ fn is_lab_fault(err: &LabError) -> bool {
         | LabError::L1Died { .. }
         | LabError::L2EarlyTripleFault { .. } => true,
         LabError::Timeout { log, diagnosis, .. } => {
-            L2_STALL_SIGNS.iter().any(|s| log.contains(s)) || spins_with_interrupts_off(diagnosis)
+            L2_STALL_SIGNS.iter().any(|s| log.contains(s)) || vcpu_wedged(diagnosis)
         }
         _ => false,
     }
 }
 
 /// Whether the timeout report's two samples, a second apart, show an L1 vCPU at the same RIP,
-/// not halted, with interrupts off (RFLAGS.IF clear): L1's kernel (or, while it runs one, an
-/// L2's) wedged with interrupts off for a second or more. Seen with no L2 output at all and
-/// L1's CR2 pointing into a module, the same as a `lab_net` run whose L1 hung that way.
-fn spins_with_interrupts_off(diagnosis: &str) -> bool {
+/// not halted, either with interrupts off (RFLAGS.IF clear) or in the kernel with CR2 equal to
+/// RIP (faulting on fetching its own instruction, over and over): L1's kernel (or, while it
+/// runs one, an L2's) wedged for a second or more. Both seen with no L2 output at all and the
+/// RIP or CR2 in an L1 module; the first also in a `lab_net` run whose L1 hung that way.
+fn vcpu_wedged(diagnosis: &str) -> bool {
     let Some((first, second)) = diagnosis.split_once("sample 2:") else {
         return false;
     };
@@ -720,8 +721,12 @@ fn spins_with_interrupts_off(diagnosis: &str) -> bool {
                 .map(str::to_string)
         };
         let flags = u64::from_str_radix(&field("RFL=")?, 16).ok()?;
-        let off = flags & 0x200 == 0 && field("HLT=").as_deref() == Some("0");
-        off.then(|| (cpu, field("RIP=").unwrap_or_default()))
+        let rip = field("RIP=")?;
+        let interrupts_off = flags & 0x200 == 0;
+        let refetch_fault =
+            field("CPL=").as_deref() == Some("0") && field("CR2=") == Some(rip.clone());
+        let running = field("HLT=").as_deref() == Some("0");
+        (running && (interrupts_off || refetch_fault)).then_some((cpu, rip))
     };
     let early: Vec<_> = first.lines().filter_map(stuck).collect();
     second.lines().filter_map(stuck).any(|s| early.contains(&s))
@@ -1045,20 +1050,30 @@ mod tests {
                  CPU#1 RIP=ffffffffafc17a0b RFL=00000212 [----A--] CPL=0 II=0 HLT=1 CR0=80050033\n"
             )
         };
-        assert!(spins_with_interrupts_off(&report(
-            "00000002",
-            "ffffffffaf2656b5"
-        )));
+        assert!(vcpu_wedged(&report("00000002", "ffffffffaf2656b5")));
         // Interrupts on, or moving, or only halted vCPUs: not this fault.
-        assert!(!spins_with_interrupts_off(&report(
-            "00000202",
-            "ffffffffaf2656b5"
-        )));
-        assert!(!spins_with_interrupts_off(&report(
-            "00000002",
-            "ffffffffaf2656c0"
-        )));
-        assert!(!spins_with_interrupts_off(""));
+        assert!(!vcpu_wedged(&report("00000202", "ffffffffaf2656b5")));
+        assert!(!vcpu_wedged(&report("00000002", "ffffffffaf2656c0")));
+        assert!(!vcpu_wedged(""));
+    }
+
+    #[test]
+    fn a_kernel_vcpu_refaulting_on_its_own_rip_is_a_lab_fault() {
+        // CI's virtio_blk mkfs run, 2026-11-28: CPU 0 stuck at CR2 == RIP, interrupts on.
+        let report = |cr2: &str, hlt: &str| {
+            format!(
+                "L1 vCPUs at the timeout:\nsample 1:\n\
+                 CPU#0 RIP=ffffffffc0400dcc RFL=00010246 [---Z-P-] CPL=0 II=0 HLT={hlt} CR2={cr2}\n\
+                 CPU#1 RIP=ffffffff86273914 RFL=00000002 [-------] CPL=0 II=0 HLT=0 CR2=ffff8e1b53800000\n\
+                 sample 2:\n\
+                 CPU#0 RIP=ffffffffc0400dcc RFL=00010246 [---Z-P-] CPL=0 II=0 HLT={hlt} CR2={cr2}\n\
+                 CPU#1 RIP=ffffffff84217a0b RFL=00000212 [----A--] CPL=0 II=0 HLT=1 CR2=ffff8e1b53800000\n"
+            )
+        };
+        assert!(vcpu_wedged(&report("ffffffffc0400dcc", "0")));
+        // A fault elsewhere, or a halted vCPU: not this fault.
+        assert!(!vcpu_wedged(&report("ffff8e1b53800000", "0")));
+        assert!(!vcpu_wedged(&report("ffffffffc0400dcc", "1")));
     }
 
     #[test]
