@@ -387,9 +387,16 @@ fn reasons(line: &str) -> Option<(&str, Vec<(u32, u64)>)> {
 /// What L1's `snap` reads, in order (files in /sys/kernel/debug/kvm).
 const COUNTERS: [&str; 4] = ["exits", "mmio_exits", "irq_injections", "halt_exits"];
 
-/// `MBytes` of a `NET-TX`/`NET-RX` iperf3 receiver line.
+/// `MBytes` of a `NET-TX`/`NET-RX` iperf3 receiver line. iperf3 switches units with the
+/// amount (binary prefixes), so a fast round reports `GBytes`.
 fn mbytes(line: &str) -> Option<f64> {
-    number_before(line, "MBytes")
+    [
+        ("KBytes", 1.0 / 1024.0),
+        ("MBytes", 1.0),
+        ("GBytes", 1024.0),
+    ]
+    .into_iter()
+    .find_map(|(unit, scale)| number_before(line, unit).map(|n| n * scale))
 }
 
 /// `NET-COUNT TX|RX <before: 4 counters> <after: 4 counters>` -> direction and the deltas.
@@ -420,6 +427,8 @@ mod tests {
         assert_eq!(parse(rtt), Some(0.455));
         assert_eq!(parse("NET-TX nothing"), None);
         assert_eq!(super::mbytes(tx), Some(912.0));
+        let fast = "NET-TX [  5]   0.00-8.00   sec  1.50 GBytes  1610 Mbits/sec   receiver";
+        assert_eq!(super::mbytes(fast), Some(1536.0));
     }
 
     #[test]
