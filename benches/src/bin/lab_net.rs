@@ -36,7 +36,7 @@ i=0; until ping -c 1 -W 1 10.0.2.1 >/dev/null 2>&1; do i=$((i+1)); [ $i -gt 60 ]
 echo NET-RTT $(ping -c 20 -i 0.2 10.0.2.1 | tail -n 1)
 echo NET-MARK-TX-BEGIN; $I -c 10.0.2.1 -t {seconds} -f m > /tmp/tx; echo NET-MARK-TX-END
 grep receiver /tmp/tx | sed 's/^/NET-TX /'
-echo NET-MARK-RX-BEGIN; $I -c 10.0.2.1 -t {seconds} -f m -R > /tmp/rx; echo NET-MARK-RX-END
+echo NET-MARK-RX-BEGIN; $I -c 10.0.2.1 -t {seconds} -f m -R > /tmp/rx; echo NET-MARK-RX-END; sleep 1
 grep receiver /tmp/rx | sed 's/^/NET-RX /'
 echo NET-DONE",
         iperf3 = tool_disk::run_prefix("iperf3")
@@ -117,6 +117,25 @@ fn collect(console: &str, results: &mut Results) {
                     named.map(|(c, n)| (format!("{dir} exit {c}"), n)).collect(),
                 ))
             });
+        let cpu = cpu_use(line).map(|(dir, u)| {
+            // USER_HZ ticks are 10 ms.
+            let ms = |ticks: u64| (ticks * 10) as f64;
+            let values = vec![
+                (format!("{dir} cpu ms vCPU thread"), ms(u.vcpu)),
+                (format!("{dir} cpu ms other VMM threads"), ms(u.vmm_other)),
+                (format!("{dir} cpu ms L1 iperf3"), ms(u.iperf3)),
+            ];
+            (dir, values, u.l1_busy_percent)
+        });
+        if let Some((dir, values, busy)) = cpu {
+            record(results, &current, &format!("{dir} L1 busy %"), busy);
+            let mb = moved[usize::from(dir == "RX")];
+            if mb > 0.0 {
+                for (metric, ms) in values {
+                    record(results, &current, &metric, ms / mb);
+                }
+            }
+        }
         if let Some((dir, values)) = per_mbyte {
             let mb = moved[usize::from(dir == "RX")];
             if mb > 0.0 {
@@ -200,17 +219,18 @@ fn main() {
              i=0; until [ -e /sys/class/net/{tap} ]; do i=$((i+1)); [ $i -gt 900 ] && break; sleep 0.1; done\n\
              ip addr add 10.0.2.1/24 dev {tap} && ip link set {tap} up\n\
              {pin}\
-             w NET-MARK-TX-BEGIN; hist_on; A=$(snap); w NET-MARK-TX-END; B=$(snap); X=$(hist_off)\n\
-             w NET-MARK-RX-BEGIN; hist_on; C=$(snap); w NET-MARK-RX-END; D=$(snap); Y=$(hist_off)\n\
+             w NET-MARK-TX-BEGIN; hist_on; A=$(snap); U1=$(cpu); w NET-MARK-TX-END; B=$(snap); U2=$(cpu); X=$(hist_off)\n\
+             w NET-MARK-RX-BEGIN; hist_on; C=$(snap); U3=$(cpu); w NET-MARK-RX-END; D=$(snap); U4=$(cpu); Y=$(hist_off)\n\
              wait $P; echo NET-EXIT $?\n\
              grep -E '^NET-(TX|RX|RTT|DONE)' /tmp/con.log\n\
              grep -q NET-DONE /tmp/con.log || {{ echo NET-FAILED {vmm}; tail -n 40 /tmp/con.log; }}\n\
              echo NET-COUNT TX $A $B; echo NET-COUNT RX $C $D\n\
-             echo NET-REASONS TX $X; echo NET-REASONS RX $Y\n"
+             echo NET-REASONS TX $X; echo NET-REASONS RX $Y\n\
+             echo NET-CPU TX $U1 '|' $U2; echo NET-CPU RX $U3 '|' $U4\n"
         )
     };
     let preamble = format!(
-        "{PIN_SH}ip link set lo up\n{L1_MARKER_WAIT}\
+        "{PIN_SH}{CPU_SH}ip link set lo up\n{L1_MARKER_WAIT}\
          K=/sys/kernel/debug/kvm\n\
          snap() {{ echo $(cd $K && cat {counters}); }}\n{HIST_SH}",
         counters = COUNTERS.join(" ")
@@ -242,7 +262,11 @@ fn main() {
                 let mut this_round: Results = Vec::new();
                 collect(&out.console, &mut this_round);
                 pairs.push(pair_row(round, first, &this_round));
-                for line in out.console.lines().filter(|l| l.starts_with("NET-PIN")) {
+                for line in out
+                    .console
+                    .lines()
+                    .filter(|l| l.starts_with("NET-PIN") || l.starts_with("NET-CPU"))
+                {
                     eprintln!("round {round}: {line}");
                 }
                 if out.console.contains("NET-FAILED") {
@@ -302,6 +326,22 @@ fn main() {
         }
     }
     println!();
+    println!("CPU time in L1 per MByte moved, and how busy L1 was (median of rounds):");
+    println!("| direction, what                   |     ivmm |     QEMU |");
+    println!("|------------------------------------|----------|----------|");
+    for dir in ["TX", "RX"] {
+        for what in [
+            "cpu ms vCPU thread",
+            "cpu ms other VMM threads",
+            "cpu ms L1 iperf3",
+            "L1 busy %",
+        ] {
+            let metric = format!("{dir} {what}");
+            let (i, q) = (get("ivmm", &metric), get("qemu", &metric));
+            println!("| {metric:<34} | {i:>8.2} | {q:>8.2} |");
+        }
+    }
+    println!();
     println!("KVM exits in L1 by SVM exit reason per MByte moved (median of rounds):");
     println!("| direction, exit reason              |     ivmm |     QEMU |");
     println!("|-------------------------------------|----------|----------|");
@@ -338,6 +378,75 @@ const PIN_SH: &str = "pin() { i=0; until grep -qxE 'vcpu0|CPU 0/KVM' /proc/$P/ta
     vcpu0|'CPU 0/KVM') m=1;; *) m=2;; esac; \
     taskset -p $m ${t##*/} >/tmp/pin.err 2>&1 || echo NET-PIN-FAILED $(cat $t/comm): $(cat /tmp/pin.err); done; \
     echo NET-PINNED $(for t in /proc/$P/task/*; do echo $(cat $t/comm)@$(taskset -p ${t##*/} | sed 's/.*: //'); done); }\n";
+
+/// L1 shell function `cpu`: CPU time so far, in clock ticks (USER_HZ, 100 a second), as
+/// `key:ticks` words: all of L1's CPUs (`all`, `idle`), the iperf3 server (`srv`), and each
+/// thread of the VMM (`$P`) as `name@tid` (spaces as `_`: QEMU's `CPU_0/KVM`). A vCPU
+/// thread's time includes the time its guest ran.
+const CPU_SH: &str =
+    "st() { set -- $(sed 's/.*) //' $1/stat 2>/dev/null); echo $((${12:-0}+${13:-0})); }\n\
+    cpu() { set -- $(head -n 1 /proc/stat); echo all:$(($2+$3+$4+$5+$6+$7+$8+$9)) idle:$(($5+$6)) \
+    srv:$(st /proc/$(cat /tmp/iperf3.pid 2>/dev/null)) \
+    $(for t in /proc/$P/task/*; do echo \"$(tr ' ' _ < $t/comm)@${t##*/}:$(st $t)\"; done); }\n";
+
+/// What one direction's `NET-CPU` line gives, from the ticks between its two `cpu` snapshots.
+#[derive(Debug, PartialEq)]
+struct CpuUse {
+    /// Share of L1's CPU time not idle, in percent of all its CPUs.
+    l1_busy_percent: f64,
+    /// Ticks of the VMM's vCPU thread (the guest's run time included).
+    vcpu: u64,
+    /// Ticks of all the VMM's other threads.
+    vmm_other: u64,
+    /// Ticks of L1's iperf3 server.
+    iperf3: u64,
+}
+
+/// `NET-CPU TX|RX key:ticks ... | key:ticks ...` -> direction and what the ticks between
+/// the two snapshots say. A thread that ended between them counts as nothing.
+fn cpu_use(line: &str) -> Option<(&str, CpuUse)> {
+    let mut words = line.strip_prefix("NET-CPU ")?.split_whitespace();
+    let dir = words.next()?;
+    let rest: Vec<&str> = words.collect();
+    let bar = rest.iter().position(|w| *w == "|")?;
+    let parse = |ws: &[&str]| -> Option<Vec<(String, u64)>> {
+        ws.iter()
+            .map(|w| {
+                let (k, v) = w.rsplit_once(':')?;
+                Some((k.to_string(), v.parse().ok()?))
+            })
+            .collect()
+    };
+    let (before, after) = (parse(&rest[..bar])?, parse(&rest[bar + 1..])?);
+    let delta = |key: &str| -> u64 {
+        let at = |snap: &[(String, u64)]| snap.iter().find(|(k, _)| k == key).map(|(_, v)| *v);
+        match (at(&before), at(&after)) {
+            (Some(b), Some(a)) => a.saturating_sub(b),
+            _ => 0,
+        }
+    };
+    let (all, idle) = (delta("all"), delta("idle"));
+    if all == 0 {
+        return None;
+    }
+    let mut vcpu = 0;
+    let mut vmm_other = 0;
+    for (name, _) in &after {
+        let thread = name.split('@').next().unwrap_or_default();
+        match thread {
+            "all" | "idle" | "srv" => {}
+            "vcpu0" | "CPU_0/KVM" => vcpu += delta(name),
+            _ => vmm_other += delta(name),
+        }
+    }
+    let use_ = CpuUse {
+        l1_busy_percent: 100.0 * all.saturating_sub(idle) as f64 / all as f64,
+        vcpu,
+        vmm_other,
+        iperf3: delta("srv"),
+    };
+    Some((dir, use_))
+}
 
 /// L1 shell functions: `hist_on` starts counting KVM exits by exit reason (a
 /// histogram trigger on the `kvm:kvm_exit` tracepoint), `hist_off` prints the
@@ -466,6 +575,19 @@ NET-REASONS TX 96:400
             super::pair_row(3, "QEMU", &results),
             "| 3 | QEMU | 204 | 118 | 1.73 | 302 | 285 | 1.06 | 2.50 |"
         );
+    }
+
+    #[test]
+    fn cpu_lines_give_tick_deltas_by_thread_kind() {
+        let line = "NET-CPU RX all:1000 idle:600 srv:50 vcpu0@12:100 net@13:10 \
+                    | all:1800 idle:800 srv:150 vcpu0@12:500 net@13:60 virtio@14:5";
+        let (dir, u) = super::cpu_use(line).expect("parses");
+        assert_eq!(dir, "RX");
+        assert_eq!(u.l1_busy_percent, 75.0);
+        assert_eq!((u.vcpu, u.vmm_other, u.iperf3), (400, 50, 100));
+        let qemu = "NET-CPU TX all:0 idle:0 CPU_0/KVM@5:7 | all:10 idle:0 CPU_0/KVM@5:9";
+        assert_eq!(super::cpu_use(qemu).map(|(_, u)| u.vcpu), Some(2));
+        assert_eq!(super::cpu_use("NET-CPU TX all:1 idle:0"), None);
     }
 
     #[test]
