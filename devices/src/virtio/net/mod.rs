@@ -49,8 +49,13 @@ pub const NET_HDR_LEN: usize = 12;
 /// Ethernet header and a VLAN tag), the receive buffer size Linux uses
 /// without MRG_RXBUF.
 pub const MAX_FRAME_LEN: usize = 65562;
-/// Entries per queue.
-pub const QUEUE_SIZE: u16 = 256;
+/// Entries of the receive queue. Larger than the transmit queue: Linux
+/// posts one buffer of at most a page per entry, so 1024 entries hold 4 MiB
+/// of received data, and frames keep arriving while the guest is busy
+/// with earlier ones instead of waiting in the TAP for it to refill.
+pub const RX_QUEUE_SIZE: u16 = 1024;
+/// Entries of the transmit queue.
+pub const TX_QUEUE_SIZE: u16 = 256;
 /// Queue indices (§5.1.2).
 pub const RX_QUEUE: u16 = 0;
 pub const TX_QUEUE: u16 = 1;
@@ -186,7 +191,8 @@ impl VirtioDevice for Net {
     }
 
     fn queue_max_sizes(&self) -> Vec<u16> {
-        vec![QUEUE_SIZE; 2]
+        // Indexed by queue: RX_QUEUE, TX_QUEUE.
+        vec![RX_QUEUE_SIZE, TX_QUEUE_SIZE]
     }
 
     fn features(&self) -> u64 {

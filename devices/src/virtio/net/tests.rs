@@ -601,7 +601,7 @@ fn config_space_has_mac_and_link_up_and_features_are_offered() {
         },
     );
     assert_eq!(net.device_type(), TYPE_NET);
-    assert_eq!(net.queue_max_sizes(), vec![QUEUE_SIZE, QUEUE_SIZE]);
+    assert_eq!(net.queue_max_sizes(), vec![RX_QUEUE_SIZE, TX_QUEUE_SIZE]);
     let mut c = [0u8; 10];
     net.read_config(0, &mut c);
     assert_eq!(c, [0x52, 0x54, 0, 1, 2, 3, 1, 0, 1, 0]);
