@@ -12,6 +12,8 @@
 //! `LAB_NET_PIN=1`: in L1, each VMM's vCPU thread runs on CPU 0 and all its other threads
 //! (its network work, and threads they start) on CPU 1, so no run depends on where L1's
 //! scheduler happens to wake them.
+//! `LAB_NET_QEMU_RX_QUEUE=N`: QEMU's virtio-net gets `rx_queue_size=N` (its default is 256,
+//! ivmm's receive queue has 1024 entries), for a like-for-like comparison.
 //! Needs `iperf3` installed on the host (`apt-get install iperf3`) and `mkfs.ext4`.
 
 use std::time::Duration;
@@ -191,13 +193,19 @@ fn main() {
     let cmdline = boot
         .full_cmdline()
         .unwrap_or_else(|e| fail(&format!("{e}")));
+    // QEMU's receive queue has 256 entries unless told; ivmm's has 1024.
+    let qemu_rx_queue = match std::env::var("LAB_NET_QEMU_RX_QUEUE") {
+        Ok(n) if n.parse::<u16>().is_ok() => format!(",rx_queue_size={n}"),
+        Ok(n) => fail(&format!("LAB_NET_QEMU_RX_QUEUE={n}: not a queue size")),
+        Err(_) => String::new(),
+    };
     let qemu = format!(
         "/usr/bin/qemu-system-x86_64 -name peer,debug-threads=on -accel kvm -M pc -cpu host -smp 1 \
          -m 512 -nodefaults \
          -no-reboot -display none -serial stdio -kernel /guest/bzImage -initrd /guest/initrd.img \
          -append '{cmdline}' -drive file={{disk0}},format=raw,if=virtio,readonly=on \
          -netdev tap,id=n0,ifname=tapq,script=no,downscript=no,vhost=off \
-         -device virtio-net-pci,netdev=n0,romfile="
+         -device virtio-net-pci,netdev=n0,romfile={qemu_rx_queue}"
     );
     // Each VMM makes its TAP; L1 gives it the host address once it exists. L1 snapshots KVM's
     // counters (all exits, MMIO exits i.e. kicks, injected interrupts, halts) at the guest's
@@ -299,8 +307,9 @@ fn main() {
     println!();
     let get = |vmm: &str, metric: &str| median_of(&results, vmm, metric);
     println!(
-        "virtio-net in the {:?} lab: iperf3 TCP {seconds} s each way against L1 over a TAP, ping RTT (20), 1 vCPU, 512 MiB, medians over {rounds} rounds",
-        lab.mode()
+        "virtio-net in the {:?} lab: iperf3 TCP {seconds} s each way against L1 over a TAP, ping RTT (20), 1 vCPU, 512 MiB, medians over {rounds} rounds; QEMU's device options: `{}`",
+        lab.mode(),
+        if qemu_rx_queue.is_empty() { "defaults" } else { &qemu_rx_queue[1..] }
     );
     println!("| metric                     |     ivmm |     QEMU | ivmm/QEMU |");
     println!("|----------------------------|----------|----------|-----------|");
