@@ -334,7 +334,7 @@ impl MutEventSubscriber for NetWorker {
         }
         // Whatever the driver queued before its first kick; this also
         // starts polling the backend.
-        self.serve_tx();
+        self.serve_tx(ops);
         self.serve_rx(ops);
     }
 
@@ -347,10 +347,10 @@ impl MutEventSubscriber for NetWorker {
             self.stopped = true;
         } else if fd == self.tx_kick.as_raw_fd() {
             let _ = self.tx_kick.read();
-            self.serve_tx();
+            self.serve_tx(ops);
         } else if let Some(timer) = self.tx_repoll.as_mut().filter(|t| t.as_raw_fd() == fd) {
             let _ = timer.wait();
-            self.serve_tx();
+            self.serve_tx(ops);
         } else {
             // The receive kick (new buffers) or the backend (new frames).
             if fd == self.rx_kick.as_raw_fd() {
@@ -391,13 +391,21 @@ impl NetWorker {
     /// (and completions go back in batches, with fewer interrupts); once a
     /// look finds nothing new, kicks are turned back on. A lone frame (a
     /// ping) is still sent at its kick.
-    fn serve_tx(&mut self) {
+    ///
+    /// What the frames sent have already brought back (a ping's reply, the
+    /// ACKs of an upload: the peer answers inside the write) is received
+    /// before the driver hears about the sent frames, so the guest wakes
+    /// for the answer it waits on, not first for a completion.
+    fn serve_tx(&mut self, ops: &mut EventOps) {
         let served = transmit_batch(
             &mut self.tx_queue,
             &self.mem,
             self.backend.as_ref(),
             &mut self.tx_buf,
         );
+        if matches!(served, Ok((sent, _)) if sent > 0) && self.backend_polled {
+            self.serve_rx(ops);
+        }
         match served {
             Ok((sent, notify)) if sent > 0 && self.arm_tx_repoll() => {
                 self.finish_tx(Ok(notify));
