@@ -633,22 +633,17 @@ fn wait_for(what: &str, cond: impl FnMut() -> bool) {
     wait_until(what, Duration::from_secs(5), cond);
 }
 
-#[test]
-fn io_thread_moves_frames_both_ways_and_does_not_spin_without_buffers() {
-    let mem = memory();
-    let (backend, peer) = SocketNet::pair();
-    let mut net = Net::new(
-        backend.clone(),
-        NetOptions {
-            name: "net-test".into(),
-            mac: [0x52, 0x54, 0, 0, 0, 1],
-        },
-    );
-    let rxq = MockSplitQueue::create(&mem, GuestAddress(RXQ), QSIZE);
-    let txq = MockSplitQueue::create(&mem, GuestAddress(TXQ), QSIZE);
+/// Activates `net` on the mock receive and transmit queues without
+/// EVENT_IDX (every used buffer asks for an interrupt); returns the
+/// queues' kicks.
+fn activate_without_event_idx(
+    net: &mut Net,
+    mem: &GuestMemoryMmap,
+    [rxq, txq]: [&MockSplitQueue<GuestMemoryMmap>; 2],
+    interrupt: Arc<dyn VirtioInterrupt>,
+) -> [EventFd; 2] {
     let rx_kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let tx_kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-    let irqs = Arc::new(QueueInterrupts::default());
     let features = net.features() | 1 << VIRTIO_F_VERSION_1;
     let features = features & !(1 << VIRTIO_F_RING_EVENT_IDX);
     net.activate(Activation {
@@ -665,10 +660,28 @@ fn io_thread_moves_frames_both_ways_and_does_not_spin_without_buffers() {
                 kick: tx_kick.try_clone().unwrap(),
             },
         ],
-        interrupt: irqs.clone(),
+        interrupt,
         features,
     })
     .unwrap();
+    [rx_kick, tx_kick]
+}
+
+#[test]
+fn io_thread_moves_frames_both_ways_and_does_not_spin_without_buffers() {
+    let mem = memory();
+    let (backend, peer) = SocketNet::pair();
+    let mut net = Net::new(
+        backend.clone(),
+        NetOptions {
+            name: "net-test".into(),
+            mac: [0x52, 0x54, 0, 0, 0, 1],
+        },
+    );
+    let rxq = MockSplitQueue::create(&mem, GuestAddress(RXQ), QSIZE);
+    let txq = MockSplitQueue::create(&mem, GuestAddress(TXQ), QSIZE);
+    let irqs = Arc::new(QueueInterrupts::default());
+    let [rx_kick, tx_kick] = activate_without_event_idx(&mut net, &mem, [&rxq, &txq], irqs.clone());
     assert_eq!(
         *backend.offload.lock().unwrap(),
         Some(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
@@ -944,29 +957,8 @@ fn what_a_transmit_brings_back_is_received_before_the_completion_is_signalled() 
     let txq = MockSplitQueue::create(&mem, GuestAddress(TXQ), QSIZE);
     rxq.add_desc_chains(&singles(&[(BUF, 2048, true)]), 0)
         .unwrap();
-    let tx_kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let irqs = Arc::new(IrqLog::default());
-    // Without EVENT_IDX every used buffer asks for an interrupt.
-    let features = net.features() | 1 << VIRTIO_F_VERSION_1;
-    let features = features & !(1 << VIRTIO_F_RING_EVENT_IDX);
-    net.activate(Activation {
-        mem: mem.clone(),
-        queues: vec![
-            ActiveQueue {
-                index: RX_QUEUE,
-                queue: rxq.create_queue().unwrap(),
-                kick: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            },
-            ActiveQueue {
-                index: TX_QUEUE,
-                queue: txq.create_queue().unwrap(),
-                kick: tx_kick.try_clone().unwrap(),
-            },
-        ],
-        interrupt: irqs.clone(),
-        features,
-    })
-    .unwrap();
+    let [_, tx_kick] = activate_without_event_idx(&mut net, &mem, [&rxq, &txq], irqs.clone());
     // Let the I/O thread start polling the (empty) backend.
     std::thread::sleep(Duration::from_millis(50));
 
