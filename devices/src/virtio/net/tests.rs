@@ -913,10 +913,13 @@ fn arbitrary_rings_and_frames_never_panic_or_hang() {
 struct Loopback {
     rx: UnixDatagram,
     tx: UnixDatagram,
+    /// How often the device tried to read a frame.
+    recv_calls: std::sync::atomic::AtomicUsize,
 }
 
 impl NetBackend for Loopback {
     fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.recv_calls.fetch_add(1, Ordering::SeqCst);
         self.rx.recv(buf)
     }
     fn send(&self, frame: &[u8]) -> std::io::Result<usize> {
@@ -946,8 +949,13 @@ fn what_a_transmit_brings_back_is_received_before_the_completion_is_signalled() 
     let mem = memory();
     let (rx, tx) = UnixDatagram::pair().unwrap();
     rx.set_nonblocking(true).unwrap();
+    let backend = Arc::new(Loopback {
+        rx,
+        tx,
+        recv_calls: Default::default(),
+    });
     let mut net = Net::new(
-        Arc::new(Loopback { rx, tx }),
+        backend.clone(),
         NetOptions {
             name: "net-test".into(),
             mac: [0x52, 0x54, 0, 0, 0, 2],
@@ -959,8 +967,11 @@ fn what_a_transmit_brings_back_is_received_before_the_completion_is_signalled() 
         .unwrap();
     let irqs = Arc::new(IrqLog::default());
     let [_, tx_kick] = activate_without_event_idx(&mut net, &mem, [&rxq, &txq], irqs.clone());
-    // Let the I/O thread start polling the (empty) backend.
-    std::thread::sleep(Duration::from_millis(50));
+    // The I/O thread's start-up looks at the (empty) backend once and then
+    // polls it; a kick is only handled after that.
+    wait_for("the first look at the backend", || {
+        backend.recv_calls.load(Ordering::SeqCst) >= 1
+    });
 
     let ping = frame(84, 3);
     mem.write_slice(&ping, GuestAddress(BUF + 0x8000)).unwrap();
