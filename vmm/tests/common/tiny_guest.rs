@@ -40,6 +40,31 @@ pub fn pvh_elf_idle(byte: u8) -> Vec<u8> {
     ])
 }
 
+/// Like [`pvh_elf`], but between the byte and the reset the guest reads
+/// COM1's line status `reads` times, so that each boot stays up for a
+/// while. Each read exits to the VMM, which takes microseconds on any KVM
+/// (a busy loop's speed varies a thousandfold between KVMs).
+pub fn pvh_elf_lingering(byte: u8, reads: u32) -> Vec<u8> {
+    let mut code = vec![
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xb0, byte, // mov al, byte
+        0xee, // out dx, al
+        0x66, 0xba, 0xfd, 0x03, // mov dx, 0x3fd (line status)
+        0xb9, // mov ecx, reads
+    ];
+    code.extend_from_slice(&reads.to_le_bytes());
+    code.extend_from_slice(&[
+        0xec, // in al, dx
+        0xff, 0xc9, // dec ecx
+        0x75, 0xfb, // jnz back to in
+        0xb0, 0xfe, // mov al, 0xfe
+        0xe6, 0x64, // out 0x64, al
+        0xf4, // hlt
+        0xeb, 0xfd, // jmp back to hlt
+    ]);
+    pvh_elf_with_code(&code)
+}
+
 /// A PVH guest that jumps into the unbacked 32-bit PCI hole: no KVM can fetch instructions
 /// there, so the vCPU stops with an internal (emulation) error.
 pub fn pvh_elf_executing_mmio() -> Vec<u8> {
