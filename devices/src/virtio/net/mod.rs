@@ -247,6 +247,7 @@ impl VirtioDevice for Net {
             tx_queue: tx.queue,
             tx_kick: tx.kick,
             tx_repoll: None,
+            tx_quiet_looks: 0,
             stop: stop.try_clone().map_err(ActivateError::Thread)?,
             mem,
             backend: self.backend.clone(),
@@ -292,6 +293,21 @@ impl Drop for Net {
 /// twice the exits per MByte of 50 µs).
 const TX_REPOLL: std::time::Duration = std::time::Duration::from_micros(50);
 
+/// How many looks in a row must find the transmit ring empty before kicks
+/// are turned back on. A guest sending at the pace of its peer's ACKs
+/// leaves gaps longer than one [`TX_REPOLL`] between its bursts; each kick
+/// costs it a VM exit, a look costs only the I/O thread a wake-up.
+const TX_QUIET_LOOKS: u32 = 4;
+
+/// What made the I/O thread look at the transmit ring.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Look {
+    /// The driver's kick (or the worker's start).
+    Kick,
+    /// The re-poll timer, with kicks off.
+    Repoll,
+}
+
 /// The I/O thread of one device.
 struct NetWorker {
     name: String,
@@ -304,6 +320,8 @@ struct NetWorker {
     /// the activating vCPU thread's does not); without it, every frame is
     /// kicked.
     tx_repoll: Option<TimerFd>,
+    /// Re-polls in a row that found nothing new.
+    tx_quiet_looks: u32,
     stop: EventFd,
     mem: GuestMemoryMmap,
     backend: Arc<dyn NetBackend>,
@@ -334,7 +352,7 @@ impl MutEventSubscriber for NetWorker {
         }
         // Whatever the driver queued before its first kick; this also
         // starts polling the backend.
-        self.serve_tx(ops);
+        self.serve_tx(ops, Look::Kick);
         self.serve_rx(ops);
     }
 
@@ -347,10 +365,10 @@ impl MutEventSubscriber for NetWorker {
             self.stopped = true;
         } else if fd == self.tx_kick.as_raw_fd() {
             let _ = self.tx_kick.read();
-            self.serve_tx(ops);
+            self.serve_tx(ops, Look::Kick);
         } else if let Some(timer) = self.tx_repoll.as_mut().filter(|t| t.as_raw_fd() == fd) {
             let _ = timer.wait();
-            self.serve_tx(ops);
+            self.serve_tx(ops, Look::Repoll);
         } else {
             // The receive kick (new buffers) or the backend (new frames).
             if fd == self.rx_kick.as_raw_fd() {
@@ -388,15 +406,15 @@ impl NetWorker {
     /// Sends what the driver queued. While it keeps queueing frames, its
     /// kicks stay off and the ring is looked at again [`TX_REPOLL`] later,
     /// so a stream of frames costs a VM exit per batch rather than per frame
-    /// (and completions go back in batches, with fewer interrupts); once a
-    /// look finds nothing new, kicks are turned back on. A lone frame (a
-    /// ping) is still sent at its kick.
+    /// (and completions go back in batches, with fewer interrupts); once
+    /// [`TX_QUIET_LOOKS`] looks in a row find nothing new, kicks are turned
+    /// back on. A lone frame (a ping) is still sent at its kick.
     ///
     /// What the frames sent have already brought back (a ping's reply, the
     /// ACKs of an upload: the peer answers inside the write) is received
     /// before the driver hears about the sent frames, so the guest wakes
     /// for the answer it waits on, not first for a completion.
-    fn serve_tx(&mut self, ops: &mut EventOps) {
+    fn serve_tx(&mut self, ops: &mut EventOps, look: Look) {
         let served = transmit_batch(
             &mut self.tx_queue,
             &self.mem,
@@ -408,12 +426,21 @@ impl NetWorker {
         }
         match served {
             Ok((sent, notify)) if sent > 0 && self.arm_tx_repoll() => {
+                self.tx_quiet_looks = 0;
                 self.finish_tx(Ok(notify));
             }
+            Ok((0, _)) if look == Look::Repoll && self.another_quiet_look() => {}
             // Nothing new (or no timer): ask for kicks again.
             Ok((_, notify)) => self.rearm_tx_kicks(notify),
             Err(e) => self.finish_tx(Err(e)),
         }
+    }
+
+    /// Counts an empty re-poll; true if the ring is to be looked at once
+    /// more (timer armed) before kicks go back on.
+    fn another_quiet_look(&mut self) -> bool {
+        self.tx_quiet_looks += 1;
+        self.tx_quiet_looks < TX_QUIET_LOOKS && self.arm_tx_repoll()
     }
 
     /// Arms the re-poll timer; false if there is none or it failed.

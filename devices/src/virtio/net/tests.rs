@@ -724,17 +724,32 @@ fn io_thread_moves_frames_both_ways_and_does_not_spin_without_buffers() {
     mem.write_slice(&out, GuestAddress(BUF + 0x8000)).unwrap();
     txq.add_desc_chains(&singles(&[(BUF + 0x8000, 76, false)]), 0)
         .unwrap();
+    let kicked_at = std::time::Instant::now();
     tx_kick.write(1).unwrap();
     peer.set_nonblocking(false).unwrap();
     peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut buf = vec![0u8; 256];
     let n = peer.recv(&mut buf).unwrap();
     assert_eq!(buf[..n], out[..]);
-    wait_for("a transmit interrupt", || irqs.count(TX_QUEUE) >= 1);
 
-    // The ring stays quiet: the thread turns the driver's kicks back on, and
-    // the next frame goes out at its kick.
-    wait_for("transmit kicks back on", || used_flags(&mem, &txq) & 1 == 0);
+    // The ring stays quiet: after TX_QUIET_LOOKS empty looks the thread
+    // turns the driver's kicks back on, and the next frame goes out at its
+    // kick. Not before: the looks' timer starts after the kick and never
+    // fires early. Watched closely, so that kicks back on after a single
+    // look would be seen as too early.
+    while used_flags(&mem, &txq) & 1 != 0 {
+        assert!(
+            kicked_at.elapsed() < Duration::from_secs(5),
+            "transmit kicks never came back on"
+        );
+        std::thread::yield_now();
+    }
+    let quiet = kicked_at.elapsed();
+    assert!(
+        quiet >= TX_REPOLL * TX_QUIET_LOOKS,
+        "kicks back on {quiet:?} after the kick, before {TX_QUIET_LOOKS} looks"
+    );
+    wait_for("a transmit interrupt", || irqs.count(TX_QUEUE) >= 1);
     let out = frame(80, 10);
     mem.write_slice(&out, GuestAddress(BUF + 0x9000)).unwrap();
     txq.add_desc_chains(&singles(&[(BUF + 0x9000, 92, false)]), 1)
