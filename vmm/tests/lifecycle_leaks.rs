@@ -153,7 +153,7 @@ fn restarts_of_one_ivmm_keep_fds_and_threads_flat_and_exit_removes_overlays() {
         .expect("spawn ivmm");
     let pid = child.id().to_string();
     // Samples while the guest reboots many times. Most samples find the VM
-    // fully built (the guest spinning), and a VM that leaks nothing holds
+    // fully built (the guest lingering), and a VM that leaks nothing holds
     // the same fds and threads when fully built in every boot: the most
     // common pair is the same in both windows. A leak of even one fd or
     // thread per boot makes every boot's pair differ and the late window's
