@@ -3,18 +3,28 @@
 //! each writes one byte to COM1 and then asks the i8042 for a reset.
 #![allow(dead_code)]
 
-/// `mov dx, 0x3f8; mov al, BYTE; out dx, al; mov al, 0xfe; out 0x64, al;
-/// hlt; jmp $-1` — valid in 32-bit and 64-bit mode alike.
-fn code(byte: u8) -> Vec<u8> {
-    vec![
+// The pieces below are valid in 32-bit and 64-bit mode alike.
+
+/// `mov dx, 0x3f8; mov al, BYTE; out dx, al`: writes `byte` to COM1.
+fn put_byte(byte: u8) -> [u8; 7] {
+    [
         0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
         0xb0, byte, // mov al, byte
         0xee, // out dx, al
-        0xb0, 0xfe, // mov al, 0xfe
-        0xe6, 0x64, // out 0x64, al
-        0xf4, // hlt
-        0xeb, 0xfd, // jmp back to hlt
     ]
+}
+
+/// `mov al, 0xfe; out 0x64, al; hlt; jmp $-1`: asks the i8042 for a reset.
+const RESET: [u8; 7] = [
+    0xb0, 0xfe, // mov al, 0xfe
+    0xe6, 0x64, // out 0x64, al
+    0xf4, // hlt
+    0xeb, 0xfd, // jmp back to hlt
+];
+
+/// Writes `byte` to COM1, then resets.
+fn code(byte: u8) -> Vec<u8> {
+    [&put_byte(byte)[..], &RESET].concat()
 }
 
 /// Physical load (and entry) address of the ELF guest.
@@ -30,14 +40,12 @@ pub fn pvh_elf(byte: u8) -> Vec<u8> {
 /// A PVH guest that writes `byte` to COM1 and then halts with interrupts
 /// off, so it stays up (idle) until ivmm is told to stop.
 pub fn pvh_elf_idle(byte: u8) -> Vec<u8> {
-    pvh_elf_with_code(&[
-        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
-        0xb0, byte, // mov al, byte
-        0xee, // out dx, al
+    let idle = [
         0xfa, // cli
         0xf4, // hlt
         0xeb, 0xfd, // jmp back to hlt
-    ])
+    ];
+    pvh_elf_with_code(&[&put_byte(byte)[..], &idle].concat())
 }
 
 /// Like [`pvh_elf`], but between the byte and the reset the guest reads
@@ -45,23 +53,18 @@ pub fn pvh_elf_idle(byte: u8) -> Vec<u8> {
 /// while. Each read exits to the VMM, which takes microseconds on any KVM
 /// (a busy loop's speed varies a thousandfold between KVMs).
 pub fn pvh_elf_lingering(byte: u8, reads: u32) -> Vec<u8> {
-    let mut code = vec![
-        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
-        0xb0, byte, // mov al, byte
-        0xee, // out dx, al
+    let mut code = put_byte(byte).to_vec();
+    code.extend_from_slice(&[
         0x66, 0xba, 0xfd, 0x03, // mov dx, 0x3fd (line status)
         0xb9, // mov ecx, reads
-    ];
+    ]);
     code.extend_from_slice(&reads.to_le_bytes());
     code.extend_from_slice(&[
         0xec, // in al, dx
         0xff, 0xc9, // dec ecx
         0x75, 0xfb, // jnz back to in
-        0xb0, 0xfe, // mov al, 0xfe
-        0xe6, 0x64, // out 0x64, al
-        0xf4, // hlt
-        0xeb, 0xfd, // jmp back to hlt
     ]);
+    code.extend_from_slice(&RESET);
     pvh_elf_with_code(&code)
 }
 
