@@ -633,6 +633,17 @@ fn wait_for(what: &str, cond: impl FnMut() -> bool) {
     wait_until(what, Duration::from_secs(5), cond);
 }
 
+/// A device named `net-test` on `backend`, not yet activated.
+fn test_net(backend: Arc<dyn NetBackend>) -> Net {
+    Net::new(
+        backend,
+        NetOptions {
+            name: "net-test".into(),
+            mac: [0x52, 0x54, 0, 0, 0, 1],
+        },
+    )
+}
+
 /// Activates `net` on the mock receive and transmit queues without
 /// EVENT_IDX (every used buffer asks for an interrupt); returns the
 /// queues' kicks.
@@ -671,13 +682,7 @@ fn activate_without_event_idx(
 fn io_thread_moves_frames_both_ways_and_does_not_spin_without_buffers() {
     let mem = memory();
     let (backend, peer) = SocketNet::pair();
-    let mut net = Net::new(
-        backend.clone(),
-        NetOptions {
-            name: "net-test".into(),
-            mac: [0x52, 0x54, 0, 0, 0, 1],
-        },
-    );
+    let mut net = test_net(backend.clone());
     let rxq = MockSplitQueue::create(&mem, GuestAddress(RXQ), QSIZE);
     let txq = MockSplitQueue::create(&mem, GuestAddress(TXQ), QSIZE);
     let irqs = Arc::new(QueueInterrupts::default());
@@ -766,13 +771,7 @@ fn io_thread_moves_frames_both_ways_and_does_not_spin_without_buffers() {
 fn activation_without_both_queues_fails() {
     let mem = memory();
     let (backend, _peer) = SocketNet::pair();
-    let mut net = Net::new(
-        backend,
-        NetOptions {
-            name: "net-test".into(),
-            mac: [0x52, 0x54, 0, 0, 0, 1],
-        },
-    );
+    let mut net = test_net(backend);
     let rxq = MockSplitQueue::create(&mem, GuestAddress(RXQ), QSIZE);
     let err = net
         .activate(Activation {
@@ -969,13 +968,7 @@ fn what_a_transmit_brings_back_is_received_before_the_completion_is_signalled() 
         tx,
         recv_calls: Default::default(),
     });
-    let mut net = Net::new(
-        backend.clone(),
-        NetOptions {
-            name: "net-test".into(),
-            mac: [0x52, 0x54, 0, 0, 0, 2],
-        },
-    );
+    let mut net = test_net(backend.clone());
     let rxq = MockSplitQueue::create(&mem, GuestAddress(RXQ), QSIZE);
     let txq = MockSplitQueue::create(&mem, GuestAddress(TXQ), QSIZE);
     rxq.add_desc_chains(&singles(&[(BUF, 2048, true)]), 0)
