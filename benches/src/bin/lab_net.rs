@@ -135,20 +135,25 @@ fn collect(console: &str, results: &mut Results) {
         });
         if let Some((dir, values, busy)) = cpu {
             record(results, &current, &format!("{dir} L1 busy %"), busy);
-            let mb = moved[usize::from(dir == "RX")];
-            if mb > 0.0 {
-                for (metric, ms) in values {
-                    record(results, &current, &metric, ms / mb);
-                }
-            }
+            record_per_mbyte(results, &current, moved[usize::from(dir == "RX")], values);
         }
         if let Some((dir, values)) = per_mbyte {
-            let mb = moved[usize::from(dir == "RX")];
-            if mb > 0.0 {
-                for (metric, n) in values {
-                    record(results, &current, &metric, n as f64 / mb);
-                }
-            }
+            let values = values.into_iter().map(|(m, n)| (m, n as f64));
+            record_per_mbyte(results, &current, moved[usize::from(dir == "RX")], values);
+        }
+    }
+}
+
+/// Records each value divided by the MBytes its direction moved (none if it moved nothing).
+fn record_per_mbyte(
+    results: &mut Results,
+    vmm: &str,
+    mbytes: f64,
+    values: impl IntoIterator<Item = (String, f64)>,
+) {
+    if mbytes > 0.0 {
+        for (metric, v) in values {
+            record(results, vmm, &metric, v / mbytes);
         }
     }
 }
@@ -198,11 +203,15 @@ fn main() {
         .full_cmdline()
         .unwrap_or_else(|e| fail(&format!("{e}")));
     // QEMU's receive queue has 256 entries unless told; ivmm's has 1024.
-    let qemu_rx_queue = match std::env::var("LAB_NET_QEMU_RX_QUEUE") {
-        Ok(n) if n.parse::<u16>().is_ok() => format!(",rx_queue_size={n}"),
+    let qemu_net_options = match std::env::var("LAB_NET_QEMU_RX_QUEUE") {
+        Ok(n) if n.parse::<u16>().is_ok() => Some(format!("rx_queue_size={n}")),
         Ok(n) => fail(&format!("LAB_NET_QEMU_RX_QUEUE={n}: not a queue size")),
-        Err(_) => String::new(),
+        Err(_) => None,
     };
+    let qemu_rx_queue = qemu_net_options
+        .as_ref()
+        .map(|o| format!(",{o}"))
+        .unwrap_or_default();
     let qemu = format!(
         "/usr/bin/qemu-system-x86_64 -name peer,debug-threads=on -accel kvm -M pc -cpu host -smp 1 \
          -m 512 -nodefaults \
@@ -313,7 +322,7 @@ fn main() {
     println!(
         "virtio-net in the {:?} lab: iperf3 TCP {seconds} s each way against L1 over a TAP, ping RTT (median of 50), 1 vCPU, 512 MiB, medians over {rounds} rounds; QEMU's device options: `{}`",
         lab.mode(),
-        if qemu_rx_queue.is_empty() { "defaults" } else { &qemu_rx_queue[1..] }
+        qemu_net_options.as_deref().unwrap_or("defaults")
     );
     println!("| metric                     |     ivmm |     QEMU | ivmm/QEMU |");
     println!("|----------------------------|----------|----------|-----------|");
