@@ -199,6 +199,8 @@ impl crate::block::DiskBackend for MemDisk {
 /// sends arrive at `peer`, frames written to `peer` are received.
 pub struct SocketNet {
     sock: std::os::unix::net::UnixDatagram,
+    /// Where sent frames go instead of `sock`'s peer ([`SocketNet::loopback`]).
+    send_to: Option<std::os::unix::net::UnixDatagram>,
     pub offload: Mutex<Option<u32>>,
     /// How often the device tried to read a frame.
     pub recv_calls: AtomicUsize,
@@ -210,14 +212,28 @@ impl SocketNet {
     /// The backend and the test's end of the pair.
     pub fn pair() -> (std::sync::Arc<SocketNet>, std::os::unix::net::UnixDatagram) {
         let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
-        a.set_nonblocking(true).unwrap();
-        let net = SocketNet {
-            sock: a,
+        (Self::on(a, None), b)
+    }
+
+    /// A backend whose sent frames come straight back, as a ping's reply
+    /// is in the TAP by the time the write returns.
+    pub fn loopback() -> std::sync::Arc<SocketNet> {
+        let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        Self::on(a, Some(b))
+    }
+
+    fn on(
+        sock: std::os::unix::net::UnixDatagram,
+        send_to: Option<std::os::unix::net::UnixDatagram>,
+    ) -> std::sync::Arc<SocketNet> {
+        sock.set_nonblocking(true).unwrap();
+        std::sync::Arc::new(SocketNet {
+            sock,
+            send_to,
             offload: Mutex::new(None),
             recv_calls: AtomicUsize::new(0),
             slice_reads: AtomicUsize::new(0),
-        };
-        (std::sync::Arc::new(net), b)
+        })
     }
 }
 
@@ -227,7 +243,7 @@ impl crate::virtio::net::NetBackend for SocketNet {
         self.sock.recv(buf)
     }
     fn send(&self, frame: &[u8]) -> std::io::Result<usize> {
-        self.sock.send(frame)
+        self.send_to.as_ref().unwrap_or(&self.sock).send(frame)
     }
     /// Like a TAP's readv: the datagram spread over the slices in order
     /// (cut at their end).

@@ -922,31 +922,6 @@ fn arbitrary_rings_and_frames_never_panic_or_hang() {
     }
 }
 
-/// A backend whose frames come straight back: a ping's reply is in the TAP
-/// by the time the write returns.
-struct Loopback {
-    rx: UnixDatagram,
-    tx: UnixDatagram,
-    /// How often the device tried to read a frame.
-    recv_calls: std::sync::atomic::AtomicUsize,
-}
-
-impl NetBackend for Loopback {
-    fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.recv_calls.fetch_add(1, Ordering::SeqCst);
-        self.rx.recv(buf)
-    }
-    fn send(&self, frame: &[u8]) -> std::io::Result<usize> {
-        self.tx.send(frame)
-    }
-    fn set_offload(&self, _flags: u32) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn raw_fd(&self) -> RawFd {
-        self.rx.as_raw_fd()
-    }
-}
-
 /// The queues interrupts were raised for, in order.
 #[derive(Default)]
 struct IrqLog(std::sync::Mutex<Vec<u16>>);
@@ -961,13 +936,7 @@ impl VirtioInterrupt for IrqLog {
 #[test]
 fn what_a_transmit_brings_back_is_received_before_the_completion_is_signalled() {
     let mem = memory();
-    let (rx, tx) = UnixDatagram::pair().unwrap();
-    rx.set_nonblocking(true).unwrap();
-    let backend = Arc::new(Loopback {
-        rx,
-        tx,
-        recv_calls: Default::default(),
-    });
+    let backend = SocketNet::loopback();
     let mut net = test_net(backend.clone());
     let rxq = MockSplitQueue::create(&mem, GuestAddress(RXQ), QSIZE);
     let txq = MockSplitQueue::create(&mem, GuestAddress(TXQ), QSIZE);
