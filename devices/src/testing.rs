@@ -44,23 +44,28 @@ impl Interrupt for CountingInterrupt {
     }
 }
 
-/// Counts a virtio device's queue interrupts, per queue.
+/// Records a virtio device's queue interrupts, in the order raised.
 #[derive(Default)]
-pub struct QueueInterrupts(Mutex<std::collections::BTreeMap<u16, usize>>);
+pub struct QueueInterrupts(Mutex<Vec<u16>>);
 
 impl QueueInterrupts {
     /// Interrupts raised for `queue` so far.
     pub fn count(&self, queue: u16) -> usize {
         self.0
             .lock()
-            .map_or(0, |m| m.get(&queue).copied().unwrap_or(0))
+            .map_or(0, |v| v.iter().filter(|&&q| q == queue).count())
+    }
+
+    /// The queues interrupts were raised for, in order.
+    pub fn order(&self) -> Vec<u16> {
+        self.0.lock().map_or_else(|_| Vec::new(), |v| v.clone())
     }
 }
 
 impl crate::virtio::VirtioInterrupt for QueueInterrupts {
     fn notify_queue(&self, queue: u16) {
-        if let Ok(mut m) = self.0.lock() {
-            *m.entry(queue).or_default() += 1;
+        if let Ok(mut v) = self.0.lock() {
+            v.push(queue);
         }
     }
     fn notify_config(&self) {}

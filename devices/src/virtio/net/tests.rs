@@ -922,17 +922,6 @@ fn arbitrary_rings_and_frames_never_panic_or_hang() {
     }
 }
 
-/// The queues interrupts were raised for, in order.
-#[derive(Default)]
-struct IrqLog(std::sync::Mutex<Vec<u16>>);
-
-impl VirtioInterrupt for IrqLog {
-    fn notify_queue(&self, queue: u16) {
-        self.0.lock().unwrap().push(queue);
-    }
-    fn notify_config(&self) {}
-}
-
 #[test]
 fn what_a_transmit_brings_back_is_received_before_the_completion_is_signalled() {
     let mem = memory();
@@ -942,7 +931,7 @@ fn what_a_transmit_brings_back_is_received_before_the_completion_is_signalled() 
     let txq = MockSplitQueue::create(&mem, GuestAddress(TXQ), QSIZE);
     rxq.add_desc_chains(&singles(&[(BUF, 2048, true)]), 0)
         .unwrap();
-    let irqs = Arc::new(IrqLog::default());
+    let irqs = Arc::new(QueueInterrupts::default());
     let [_, tx_kick] = activate_without_event_idx(&mut net, &mem, [&rxq, &txq], irqs.clone());
     // The I/O thread's start-up looks at the (empty) backend once and then
     // polls it; a kick is only handled after that.
@@ -955,12 +944,10 @@ fn what_a_transmit_brings_back_is_received_before_the_completion_is_signalled() 
     txq.add_desc_chains(&singles(&[(BUF + 0x8000, ping.len() as u32, false)]), 0)
         .unwrap();
     tx_kick.write(1).unwrap();
-    wait_for("the reply and both interrupts", || {
-        irqs.0.lock().unwrap().len() >= 2
-    });
+    wait_for("the reply and both interrupts", || irqs.order().len() >= 2);
     assert_eq!(used_lens(&mem, &rxq), vec![ping.len() as u32]);
     assert_eq!(bytes(&mem, BUF, ping.len()), with_num_buffers(ping, 1));
-    let order = irqs.0.lock().unwrap().clone();
+    let order = irqs.order();
     assert_eq!(order[..2], [RX_QUEUE, TX_QUEUE], "reply first: {order:?}");
     net.reset();
 }
