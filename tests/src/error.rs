@@ -40,14 +40,25 @@ pub enum LabError {
     /// early SMP fault; ivmm resets on a triple fault, and the guest exits on a reset).
     #[error("the L2 guest triple-faulted before its init ran; console tail:\n{console}")]
     L2EarlyTripleFault { console: String },
+    /// A nested run timed out before its guest started, with every L2 vCPU asleep in L1's KVM
+    /// and L1's KVM seeing no exits at all (the nested lab's SMP stop; tests/README.md).
+    #[error("timed out after {after:?}: the L2 stopped inside L1's KVM before its guest started (all vCPU threads halted in KVM, no exits); console tail:\n{console}\n{diagnosis}")]
+    L2StoppedBeforeStart {
+        after: Duration,
+        console: String,
+        diagnosis: String,
+    },
     /// The run did not finish in time; the QEMU or ivmm process was killed.
     #[error("timed out after {after:?} while {phase}; output tail:\n{log}\n{diagnosis}")]
     Timeout {
         after: Duration,
         phase: &'static str,
         log: String,
-        /// What the run could still find out before the kill (the L1 vCPUs' state).
+        /// What the run could still find out before the kill (the L1 vCPUs' state, L1's
+        /// report on the VMM's threads).
         diagnosis: String,
+        /// The whole console up to the kill (not printed; it tells whether the guest started).
+        console: String,
     },
     /// The guest kernel stopped (halt, power-off or restart message) but ivmm kept running.
     #[error("the guest kernel stopped but ivmm was still running {grace:?} later (killed; \"System halted\" instead of \"Power down\" means the guest found no ACPI power-off); console tail:\n{console}")]

@@ -13,6 +13,7 @@ use crate::cpio::CpioWriter;
 use crate::error::{tail, LabError, Result};
 use crate::guest::{GuestBoot, MARK_GUEST_INIT};
 use crate::host::{self, LabLock, TempDir};
+use crate::l1_report;
 use crate::monitor;
 use crate::outcome::{normalize_console, timed_lines, LabOutcome};
 use crate::runner::{self, Framing, RunSpec, StdinStep, Trigger, MARK_RUN_EXIT, MARK_RUN_START};
@@ -349,6 +350,7 @@ impl Lab {
             Mode::Nested if interactive => self.run_nested(&job, opts, true),
             Mode::Nested => once_more_after_lab_fault(|| {
                 self.run_nested(&job, opts, false)
+                    .map_err(|err| name_l2_stopped_before_start(&job, opts, err))
                     .and_then(|out| refuse_early_triple_fault(&job, opts, out))
             }),
         }
@@ -514,12 +516,14 @@ impl Lab {
              \x20 s=$(cat \"$b/serial\" 2>/dev/null)\n\
              \x20 case \"$s\" in {DISK_SERIAL_PREFIX}*) ln -sf \"/dev/${{b##*/}}\" \"/dev/$s\" ;; esac\n\
              done\n\
+             {listener}\
              cd {L1_FILES}\n\
              echo {MARK_RUN_START}\n\
              {command}\n\
              rc=$?\n\
              printf '\\n{MARK_RUN_EXIT}%d\\n' \"$rc\"\n\
-             exit \"$rc\"\n"
+             exit \"$rc\"\n",
+            listener = l1_report::listener_sh(),
         );
         cpio.file("/lab/run.sh", 0o755, run_sh.as_bytes());
         Ok(cpio.finish())
@@ -569,6 +573,13 @@ impl Lab {
             spec.push(",server=on,wait=off");
             cmd.arg("-monitor").arg(spec);
         }
+        // L1's ttyS1: `run.sh` answers each line with a report on ivmm's threads (l1_report).
+        let report = tmp.path().join("l1-report.sock");
+        let mut spec = std::ffi::OsString::from("socket,id=labreport,server=on,wait=off,path=");
+        spec.push(report.as_os_str());
+        cmd.arg("-chardev")
+            .arg(spec)
+            .args(["-serial", "chardev:labreport"]);
         let mut guest_disk = std::ffi::OsString::from("if=virtio,format=raw,readonly=on,file=");
         guest_disk.push(self.fixtures.guest_disk.as_os_str());
         cmd.arg("-drive").arg(guest_disk);
@@ -611,8 +622,9 @@ impl Lab {
             guest_end_grace: opts.guest_end_grace(job),
             diagnose: Some(&|| {
                 format!(
-                    "L1 vCPUs at the timeout:\n{}",
-                    monitor::vcpu_state(&monitor)
+                    "L1 vCPUs at the timeout:\n{}L1's report:\n{}",
+                    monitor::vcpu_state(&monitor),
+                    l1_report::request(&report)
                 )
             }),
         };
@@ -667,8 +679,8 @@ pub const TRIPLE_FAULT_WARNING: &str = "triple fault (KVM_EXIT_SHUTDOWN)";
 fn refuse_early_triple_fault(job: &Job, opts: &RunOptions, out: LabOutcome) -> Result<LabOutcome> {
     let early =
         |marker: &str| out.console.contains(TRIPLE_FAULT_WARNING) && !out.console.contains(marker);
-    let lab_fault = match (job, &opts.guest_start_marker) {
-        (Job::Ivmm(_), _) => out.ivmm_exit == 0 && early(MARK_GUEST_INIT),
+    let lab_fault = match (job, guest_start_marker(job, opts)) {
+        (Job::Ivmm(_), Some(marker)) => out.ivmm_exit == 0 && early(marker),
         (_, Some(marker)) => early(marker),
         (_, None) => false,
     };
@@ -678,6 +690,40 @@ fn refuse_early_triple_fault(job: &Job, opts: &RunOptions, out: LabOutcome) -> R
         });
     }
     Ok(out)
+}
+
+/// What a run's console shows once its guest started: the guest init's marker for a lone
+/// ivmm run, the marker a script named, or nothing (a script that named none).
+fn guest_start_marker<'a>(job: &Job, opts: &'a RunOptions) -> Option<&'a str> {
+    match job {
+        Job::Ivmm(_) => Some(MARK_GUEST_INIT),
+        Job::Shell(_) => opts.guest_start_marker.as_deref(),
+    }
+}
+
+/// Turns a nested run that timed out before its guest started, with L1's report showing the
+/// L2 stopped inside L1's KVM ([`l1_report::l2_stopped`]), into
+/// [`LabError::L2StoppedBeforeStart`], a lab fault: CI lost a 2- or 4-vCPU boot of
+/// `boot::vcpu_count_is_what_the_guest_sees` that way (stop 17), no L2 output, L1 idle. A
+/// guest that started and then stopped stays a plain timeout: a guest may halt on purpose.
+fn name_l2_stopped_before_start(job: &Job, opts: &RunOptions, err: LabError) -> LabError {
+    match err {
+        LabError::Timeout {
+            after,
+            console,
+            diagnosis,
+            ..
+        } if guest_start_marker(job, opts).is_some_and(|m| !console.contains(m))
+            && l1_report::l2_stopped(&diagnosis) =>
+        {
+            LabError::L2StoppedBeforeStart {
+                after,
+                console: tail(&console, 40),
+                diagnosis,
+            }
+        }
+        other => other,
+    }
 }
 
 /// L2 kernel messages saying a vCPU stopped responding.
@@ -692,7 +738,8 @@ fn is_lab_fault(err: &LabError) -> bool {
         // L1 gone without a word (QEMU exits 0 on L1's triple fault, with -no-reboot).
         LabError::L1Panic { .. }
         | LabError::L1Died { .. }
-        | LabError::L2EarlyTripleFault { .. } => true,
+        | LabError::L2EarlyTripleFault { .. }
+        | LabError::L2StoppedBeforeStart { .. } => true,
         LabError::Timeout { log, diagnosis, .. } => {
             L2_STALL_SIGNS.iter().any(|s| log.contains(s)) || vcpu_wedged(diagnosis)
         }
@@ -1022,12 +1069,51 @@ mod tests {
     }
 
     #[test]
+    fn a_timeout_with_the_l2_stopped_in_kvm_before_start_is_a_lab_fault() {
+        let one = "LAB-REPORT-BEGIN\nkvm exits=7345 halt_exits=90\n\
+                   thread ivmm 212 212 ivmm S syscall=7 wchan=do_sys_poll stack=do_sys_poll\n\
+                   thread ivmm 212 215 vcpu0 S syscall=16 wchan=kvm_vcpu_block \
+                   stack=kvm_vcpu_block<kvm_vcpu_halt<kvm_arch_vcpu_ioctl_run\n\
+                   LAB-REPORT-END\n";
+        let stopped = format!("L1 vCPUs at the timeout:\n...\nL1's report:\n{one}{one}");
+        let timeout = |console: &str, diagnosis: &str| LabError::Timeout {
+            after: Duration::from_secs(150),
+            phase: "running in L1",
+            log: String::new(),
+            diagnosis: diagnosis.into(),
+            console: console.into(),
+        };
+        let ivmm = Job::Ivmm(Vec::new());
+        let none = RunOptions::new();
+        let err = name_l2_stopped_before_start(&ivmm, &none, timeout("", &stopped));
+        assert!(
+            matches!(err, LabError::L2StoppedBeforeStart { .. }),
+            "{err:?}"
+        );
+        assert!(is_lab_fault(&err));
+        // After the guest started, or with L1's report missing: the run's own timeout.
+        let started = format!("{MARK_GUEST_INIT}\n");
+        let err = name_l2_stopped_before_start(&ivmm, &none, timeout(&started, &stopped));
+        assert!(!is_lab_fault(&err), "{err:?}");
+        let err = name_l2_stopped_before_start(&ivmm, &none, timeout("", "no L1 report 1"));
+        assert!(!is_lab_fault(&err), "{err:?}");
+        // A script only with a start marker.
+        let script = Job::Shell(String::new());
+        let err = name_l2_stopped_before_start(&script, &none, timeout("", &stopped));
+        assert!(!is_lab_fault(&err), "{err:?}");
+        let marked = RunOptions::new().guest_start_marker("ATTACK-BEGAN");
+        let err = name_l2_stopped_before_start(&script, &marked, timeout("", &stopped));
+        assert!(is_lab_fault(&err), "{err:?}");
+    }
+
+    #[test]
     fn only_a_timeout_with_a_stalled_l2_is_a_lab_fault() {
         let timeout = |log: &str| LabError::Timeout {
             after: Duration::from_secs(1),
             phase: "running in L1",
             log: log.into(),
             diagnosis: String::new(),
+            console: String::new(),
         };
         let stalled = "[ 26.2] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n";
         assert!(is_lab_fault(&timeout(stalled)));

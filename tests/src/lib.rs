@@ -19,6 +19,7 @@ pub mod cpio;
 mod error;
 mod guest;
 mod host;
+mod l1_report;
 mod lab;
 mod monitor;
 mod outcome;

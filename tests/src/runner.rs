@@ -253,6 +253,7 @@ pub(crate) fn run(mut cmd: Command, what: &str, spec: &RunSpec<'_>) -> Result<Ra
                     phase: state.phase,
                     log: tail(&log, 60),
                     diagnosis,
+                    console: state.console_text(),
                 });
             }
         }
