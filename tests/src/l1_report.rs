@@ -4,10 +4,12 @@
 //! ([`crate::monitor`]) tells an idle L1 from a spinning one; this tells a VMM stuck in its
 //! own code from an L2 that stopped inside L1's KVM.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::monitor;
 
 /// First and last line of one report.
 const BEGIN: &str = "LAB-REPORT-BEGIN";
@@ -79,32 +81,15 @@ fn ask(socket: &Path) -> std::io::Result<String> {
     let mut stream = UnixStream::connect(socket)?;
     stream.set_read_timeout(Some(Duration::from_millis(200)))?;
     stream.write_all(b"report\n")?;
-    let deadline = Instant::now() + ANSWER_LIMIT;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => return Err(e),
-        }
-        let text = String::from_utf8_lossy(&got);
-        if let Some(report) = framed(&text) {
-            return Ok(report);
-        }
-    }
-    Err(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        format!(
-            "no complete answer within {ANSWER_LIMIT:?}; got {} bytes",
-            got.len()
-        ),
-    ))
+    monitor::read_until(&mut stream, ANSWER_LIMIT, |got| {
+        framed(&String::from_utf8_lossy(got))
+    })?
+    .ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no complete answer within {ANSWER_LIMIT:?}"),
+        )
+    })
 }
 
 /// The report between [`BEGIN`] and [`END`] (both lines kept), without carriage returns.

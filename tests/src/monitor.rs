@@ -44,7 +44,26 @@ fn command(socket: &Path, cmd: &str) -> std::io::Result<String> {
 }
 
 fn read_until_prompt(stream: &mut UnixStream) -> std::io::Result<String> {
-    let deadline = Instant::now() + REPLY_LIMIT;
+    read_until(stream, REPLY_LIMIT, |got| {
+        got.ends_with(PROMPT.as_bytes())
+            .then(|| String::from_utf8_lossy(got).into_owned())
+    })?
+    .ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no prompt within {REPLY_LIMIT:?}"),
+        )
+    })
+}
+
+/// Reads one of L1 QEMU's sockets (read timeout set) until `complete` finds a whole reply in
+/// what came so far, the socket closes, or `limit` passes (then `None`).
+pub(crate) fn read_until<T>(
+    stream: &mut UnixStream,
+    limit: Duration,
+    complete: impl Fn(&[u8]) -> Option<T>,
+) -> std::io::Result<Option<T>> {
+    let deadline = Instant::now() + limit;
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     while Instant::now() < deadline {
@@ -58,14 +77,11 @@ fn read_until_prompt(stream: &mut UnixStream) -> std::io::Result<String> {
                 ) => {}
             Err(e) => return Err(e),
         }
-        if got.ends_with(PROMPT.as_bytes()) {
-            return Ok(String::from_utf8_lossy(&got).into_owned());
+        if let Some(reply) = complete(&got) {
+            return Ok(Some(reply));
         }
     }
-    Err(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        format!("no prompt within {REPLY_LIMIT:?}"),
-    ))
+    Ok(None)
 }
 
 /// One line per vCPU from `info registers -a`: its number, the RIP/flags line (CPL, HLT) and
