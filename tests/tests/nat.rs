@@ -10,7 +10,7 @@ mod common;
 
 use ivmm_tests::RunOptions;
 
-use common::{ivmm_command, nested_lab as lab, value, WAIT_LOG_SH};
+use common::{ivmm_command, nested_lab as lab, value, NETNS_SH, WAIT_LOG_SH};
 
 /// Guest side of DHCP: udhcpc with a script that prints the lease and
 /// configures eth0, its default route and resolver.
@@ -64,9 +64,9 @@ fn nat_guests_get_leases_dns_and_nat_reach_each_other_and_a_tap_bridge_peer() {
         &format!("{DHCP}{GUEST_B}"),
     );
     let script = format!(
-        r#"{WAIT_LOG_SH}ip link set lo up
+        r#"{WAIT_LOG_SH}{NETNS_SH}ip link set lo up
 # upstream: DNS (upstream.test) and HTTP, behind a veth; L1's default route.
-unshare -n sleep 900 & UP=$!
+UP=$(netns)
 ip link add up0 type veth && ip link set veth0 netns $UP
 ip addr add 192.0.2.1/24 dev up0 && ip link set up0 up && ip route add default via 192.0.2.2
 nsenter -t $UP -n sh -c 'ip link set lo up; ip link set veth0 name up1; ip addr add 192.0.2.2/24 dev up1; ip link set up1 up'
@@ -77,7 +77,7 @@ nsenter -t $UP -n {{files}}/dns_responder 192.0.2.2 53 upstream.test 192.0.2.2 >
 nsenter -t $UP -n httpd -f -p 192.0.2.2:80 -h /tmp/www &
 echo nameserver 192.0.2.2 >/etc/resolv.conf
 # the TAP peer: a namespace on a bridge the test makes itself.
-unshare -n sleep 900 & PR=$!
+PR=$(netns)
 ip link add brtest type bridge && ip link set brtest up
 ip link add pv0 type veth && ip link set veth0 netns $PR && ip link set pv0 master brtest && ip link set pv0 up
 nsenter -t $PR -n sh -c 'ip link set veth0 name pv1; ip addr add 10.5.0.2/24 dev pv1; ip link set pv1 up'
