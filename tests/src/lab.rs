@@ -654,7 +654,8 @@ impl Job {
 /// without reporting (a triple fault), which nothing a run does in L1 userspace can cause; the
 /// L2 triple-faulted before its init ran; or the run timed out with the L2 kernel reporting a
 /// vCPU that stopped (RCU stall or soft lockup), the lab hang seen with QEMU as the L2's VMM as
-/// well as with ivmm. An ivmm bug doing such things now and then would get a second chance
+/// well as with ivmm, or before its guest started with every L2 vCPU halted in L1's KVM and no
+/// exits (the same hang with no vCPU left to report it). An ivmm bug doing such things now and then would get a second chance
 /// too: hence the whole report on stderr. A second fault fails the run.
 fn once_more_after_lab_fault<T>(mut run: impl FnMut() -> Result<T>) -> Result<T> {
     match run() {
