@@ -53,18 +53,18 @@ fn dns_responder(dir: &Path) -> PathBuf {
 }
 
 /// The shell functions every script uses: `wait_for FILE` (up to 20 s)
-/// and `netns` (a namespace kept alive by a sleeper; prints its pid once
-/// the namespace exists: `$!` comes back before unshare(2) has run, and a
-/// veth end moved to its namespace that early would stay in ours).
-const PRELUDE: &str = r#"
+/// and `netns` (common/netns.sh: a namespace kept alive by a sleeper; prints
+/// its pid once the namespace exists).
+const PRELUDE: &str = concat!(
+    r#"
 wait_for() { i=0; until [ -e "$1" ]; do i=$((i+1)); [ $i -gt 200 ] && { echo "TIMEOUT waiting for $1"; return 1; }; sleep 0.1; done; }
-netns() { unshare -n sleep 600 >/dev/null 2>&1 & ns_pid=$!; ns_i=0
-  while [ "$(readlink /proc/$ns_pid/ns/net)" = "$(readlink /proc/self/ns/net)" ]; do
-  ns_i=$((ns_i+1)); [ $ns_i -gt 200 ] && break; sleep 0.05; done; echo $ns_pid; }
-mount -t tmpfs tmpfs /run
+"#,
+    include_str!("common/netns.sh"),
+    r#"mount -t tmpfs tmpfs /run
 mount -t sysfs sysfs /sys
 ip link set lo up
-"#;
+"#
+);
 
 struct Env {
     dir: Scratch,

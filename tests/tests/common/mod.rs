@@ -32,13 +32,10 @@ pub const WAIT_LOG_SH: &str = r#"wait_log() { i=0; until grep -q "$2" "$1" 2>/de
   i=$((i+1)); [ $i -gt 1500 ] && return 1; sleep 0.2; done; }
 "#;
 
-/// `netns`: starts a sleeper in a network namespace of its own and prints its pid once that
-/// namespace exists. `unshare -n sleep N &` alone returns before unshare(2) ran, and a veth
-/// end moved to `$!`'s namespace that early stays in ours (CI lost the NAT test to it).
-pub const NETNS_SH: &str = r#"netns() { unshare -n sleep 900 >/dev/null 2>&1 & ns_pid=$!; ns_i=0
-  while [ "$(readlink /proc/$ns_pid/ns/net)" = "$(readlink /proc/self/ns/net)" ]; do
-  ns_i=$((ns_i+1)); [ $ns_i -gt 200 ] && break; sleep 0.05; done; echo $ns_pid; }
-"#;
+/// `netns`: a sleeper in a network namespace of its own, its pid printed once the namespace
+/// exists (shared with the host NAT tests, whose full run once lost the lab NAT test to `$!`
+/// handed out before unshare(2) ran).
+pub const NETNS_SH: &str = include_str!("../../../vmm/tests/common/netns.sh");
 
 /// The value after `KEY=` on the first console line that has it.
 pub fn value<'a>(out: &'a LabOutcome, key: &str) -> &'a str {
